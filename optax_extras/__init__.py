@@ -1,0 +1,27 @@
+"""optax-extras: extra optax gradient transformations for JAX."""
+
+from optax_extras.diffgrad import diffgrad
+from optax_extras.diffgrad import scale_by_diffgrad
+from optax_extras.diffgrad import ScaleByDiffGradState
+from optax_extras.expectigrad import expectigrad
+from optax_extras.expectigrad import scale_by_expectigrad
+from optax_extras.expectigrad import ScaleByExpectigradState
+from optax_extras.hypergradient import adam_hd
+from optax_extras.hypergradient import AdamHDState
+from optax_extras.hypergradient import sgd_hd
+from optax_extras.hypergradient import SGDHDState
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "adam_hd",
+    "AdamHDState",
+    "diffgrad",
+    "expectigrad",
+    "scale_by_diffgrad",
+    "scale_by_expectigrad",
+    "ScaleByDiffGradState",
+    "ScaleByExpectigradState",
+    "sgd_hd",
+    "SGDHDState",
+)

@@ -1,0 +1,101 @@
+"""Numerical helpers shared by the transformations of this package."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_extras import _checks
+
+
+def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
+  """`1 - decay**count`, accurate at the working precision.
+
+  Computed as `-expm1(count * log(decay))` with `log(decay)` taken in Python
+  double when `decay` is concrete. Evaluating `1 - decay**count` in float32
+  with a traced count is off by ~1e-5 relative for decay=0.999 at small counts
+  (float32(0.999) != 0.999); this form stays at float32 rounding. `decay=0`
+  gives 1 for every count >= 1.
+
+  Args:
+    decay: a decay rate in [0, 1), a Python number or an array (maybe traced).
+    count: the step count (>= 1), an integer array.
+
+  Returns:
+    A scalar in the default float dtype (float64 under `jax_enable_x64`).
+  """
+  float_dtype = jnp.result_type(float)
+  number = _checks.concrete_value(decay)
+  if number is not None:
+    log_decay = math.log(number) if number > 0 else -math.inf
+  else:
+    log_decay = jnp.log(jnp.asarray(decay, float_dtype))
+  return -jnp.expm1(count.astype(float_dtype) * log_decay)
+
+
+def learned_rate_dtype(learning_rate: Any) -> jnp.dtype:
+  """dtype of a learned learning rate: the rate's own, at least float32."""
+  return jnp.promote_types(jnp.result_type(learning_rate), jnp.float32)
+
+
+def tree_vdot(tree_a: Any, tree_b: Any, dtype: jnp.dtype) -> jax.Array:
+  """Sum over leaves of <a, b>, accumulated in `dtype` (None leaves skipped)."""
+  products = jax.tree.map(
+      lambda a, b: jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype),
+      tree_a,
+      tree_b,
+  )
+  return sum(jax.tree.leaves(products), jnp.zeros([], dtype))
+
+
+class CoupledWeightDecayState(NamedTuple):
+  """add_coupled_weight_decay keeps no state."""
+
+
+def add_coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
+  """Adds `weight_decay * params` to the gradient (coupled L2, as in torch).
+
+  This is the `weight_decay` of torch optimizers of the Adam era: the decay
+  term enters the gradient, and so the moments. The result keeps each
+  gradient leaf's dtype even when `weight_decay` is a traced float32 array.
+  For decoupled decay (AdamW) chain `optax.add_decayed_weights` after the
+  rescaling instead.
+
+  Args:
+    weight_decay: the L2 coefficient, >= 0 (a number or a traced array).
+
+  Returns:
+    A GradientTransformation that needs `params` in `update`.
+  """
+  _checks.check_nonnegative("weight_decay", weight_decay)
+
+  def init_fn(params):
+    del params
+    return CoupledWeightDecayState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          f"weight_decay={weight_decay!r} needs the parameters: call "
+          "update(grads, state, params) with params."
+      )
+    updates = jax.tree.map(
+        lambda g, p: (g + weight_decay * p).astype(g.dtype), updates, params
+    )
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def with_coupled_weight_decay(
+    weight_decay: Any, transformation: optax.GradientTransformation
+) -> optax.GradientTransformation:
+  """`transformation` after `add_coupled_weight_decay`, unless the decay is a
+  concrete zero (then `update` needs no params)."""
+  if _checks.concrete_value(weight_decay) == 0.0:
+    return transformation
+  return optax.chain(add_coupled_weight_decay(weight_decay), transformation)

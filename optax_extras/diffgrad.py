@@ -1,0 +1,164 @@
+"""diffGrad: Adam whose step is damped by the change of the gradient.
+
+Dubey, Chakraborty, Roy, Mukherjee, Singh and Chaudhuri, "diffGrad: An
+Optimization Method for Convolutional Neural Networks", IEEE TNNLS 2019,
+https://arxiv.org/abs/1909.11015. Reference code: diffGrad_v2.py of
+https://github.com/shivram1987/diffGrad, packaged as `torch_optimizer.DiffGrad`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_extras import _checks
+from optax_extras import _common
+
+
+class ScaleByDiffGradState(NamedTuple):
+  """State of `scale_by_diffgrad`.
+
+  Attributes:
+    count: number of steps taken, int32 (saturating).
+    mu: first moment, EMA of the gradient.
+    nu: second moment, EMA of the squared gradient.
+    prev_grad: the gradient of the previous step (zeros before the first).
+  """
+
+  count: chex.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  prev_grad: optax.Updates
+
+
+def scale_by_diffgrad(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by diffGrad's friction-damped Adam direction.
+
+  With the gradient :math:`g_t` and :math:`t` counted from 1::
+
+    m_t  = b1 m_{t-1} + (1 - b1) g_t
+    v_t  = b2 v_{t-1} + (1 - b2) g_t^2
+    xi_t = 1 / (1 + exp(-|g_{t-1} - g_t|))        (g_0 = 0)
+    u_t  = [sqrt(1 - b2^t) / (1 - b1^t)] * xi_t m_t / (sqrt(v_t) + eps)
+
+  Semantic choices, all those of the reference code:
+
+  * ``eps`` is added to ``sqrt(v_t)`` *before* bias correction (the old torch
+    Adam placement), unlike `optax.scale_by_adam`, which uses
+    ``sqrt(v_hat) + eps``.
+  * ``g_0 = 0``: the first step is damped by ``sigmoid(|g_1|)``.
+  * This is diffGrad_v2 (the intended algorithm), not diffGrad.py v1, whose
+    stored reference to ``p.grad`` makes ``xi = 0.5`` from step 2.
+  * A NaN or infinite gradient propagates into the moments and the update,
+    as in the reference and `optax.adam`; wrap the optimizer in
+    `optax.apply_if_finite` to skip such steps.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the root of the second moment, >= 0.
+    mu_dtype: dtype of the first moment (default: that of the params).
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  _checks.check_decay("b1", b1)
+  _checks.check_decay("b2", b2)
+  _checks.check_nonnegative("eps", eps)
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+  def init_fn(params):
+    return ScaleByDiffGradState(
+        count=jnp.zeros([], jnp.int32),
+        mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+        nu=optax.tree.zeros_like(params),
+        prev_grad=optax.tree.zeros_like(params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    step_scale = jnp.sqrt(_common.bias_correction(b2, count)) / (
+        _common.bias_correction(b1, count)
+    )
+
+    def direction(g, m, v, g_prev):
+      friction = 1.0 / (1.0 + jnp.exp(-jnp.abs(g_prev - g)))
+      update = step_scale * ((m * friction) / (jnp.sqrt(v) + eps))
+      return update.astype(g.dtype)
+
+    new_updates = jax.tree.map(direction, updates, mu, nu, state.prev_grad)
+    mu = optax.tree.cast(mu, mu_dtype)
+    prev_grad = jax.tree.map(lambda g, p: g.astype(p.dtype), updates,
+                             state.prev_grad)
+    return new_updates, ScaleByDiffGradState(count, mu, nu, prev_grad)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def diffgrad(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""diffGrad optimizer, numerically the reference `torch_optimizer.DiffGrad`.
+
+  ``params <- params - learning_rate * scale_by_diffgrad(g + weight_decay *
+  params)``: see `scale_by_diffgrad` for the rule and its semantic choices.
+
+  ``weight_decay`` is coupled L2 as in the reference: it is added to the
+  gradient, so it enters the moments and the friction term (the stored
+  previous gradient is the decayed one). A nonzero (or traced) weight decay
+  needs ``params`` in ``update``. Under `optax.inject_hyperparams` pass
+  ``static_args=("weight_decay",)`` to keep a zero decay out of the chain.
+  For decoupled decay chain `optax.add_decayed_weights` instead.
+
+  Unlike the reference, ``learning_rate=0`` is allowed (as in optax) and may
+  be an optax schedule.
+
+  Args:
+    learning_rate: a float >= 0 or an optax schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the root of the second moment, >= 0.
+    weight_decay: coupled L2 coefficient, >= 0.
+    mu_dtype: dtype of the first moment (default: that of the params).
+
+  Returns:
+    A `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_extras
+    >>> tx = optax_extras.diffgrad(learning_rate=0.1)
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.array([0.5, -0.5])}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> [round(float(w), 4) for w in optax.apply_updates(params, updates)["w"]]
+    [0.9378, -1.9378]
+  """
+  _checks.check_learning_rate(learning_rate)
+  _checks.check_nonnegative("weight_decay", weight_decay)
+  return _common.with_coupled_weight_decay(
+      weight_decay,
+      optax.chain(
+          scale_by_diffgrad(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+          optax.scale_by_learning_rate(learning_rate),
+      ),
+  )
