@@ -1,0 +1,145 @@
+"""The seed optimizers in the places users put them: donated buffers, eight
+sharded devices, orbax checkpoints and a Flax NNX training step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import optax_extras
+
+OPTIMIZERS = {
+    "diffgrad": lambda: optax_extras.diffgrad(1e-2, weight_decay=1e-3),
+    "expectigrad": lambda: optax_extras.expectigrad(1e-2),
+    "sgd_hd": lambda: optax_extras.sgd_hd(
+        1e-2, hypergrad_lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam_hd": lambda: optax_extras.adam_hd(1e-2, hypergrad_lr=1e-5),
+}
+
+
+def _params():
+  keys = jax.random.split(jax.random.key(0), 3)
+  return {
+      "w": jax.random.normal(keys[0], (16, 8)),
+      "b": jax.random.normal(keys[1], (8,)),
+      "s": jax.random.normal(keys[2], ()),
+  }
+
+
+def _loss(params):
+  return (jnp.sum(jnp.tanh(params["w"]) ** 2) + jnp.sum(params["b"] ** 4)
+          + jnp.cos(params["s"]))
+
+
+def _train(tx, params, state, steps, step_fn=None):
+  def step(params, state):
+    grads = jax.grad(_loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step_fn = step_fn or jax.jit(step)
+  for _ in range(steps):
+    params, state = step_fn(params, state)
+  return params, state
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_state_leaves_do_not_share_buffers(name):
+  tx = OPTIMIZERS[name]()
+  params = _params()
+  for state in (tx.init(params), _train(tx, params, tx.init(params), 2)[1]):
+    leaves = [x for x in jax.tree.leaves(state) if x.size]
+    pointers = [x.unsafe_buffer_pointer() for x in leaves]
+    assert len(set(pointers)) == len(pointers)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_donated_step_matches_plain_step(name):
+  tx = OPTIMIZERS[name]()
+
+  def step(params, state):
+    grads = jax.grad(_loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  expected, _ = _train(tx, _params(), tx.init(_params()), 5)
+  donated_step = jax.jit(step, donate_argnums=(0, 1))
+  params = _copy(_params())
+  state = tx.init(params)
+  got, _ = _train(tx, params, state, 5, donated_step)
+  _assert_trees_equal(got, expected)
+  assert all(x.is_deleted() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_sharded_over_eight_devices_matches_one_device(name):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS set in conftest.py)")
+  tx = OPTIMIZERS[name]()
+  mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
+  # Shard the matrix by rows and replicate the rest.
+  shardings = {
+      "w": NamedSharding(mesh, PartitionSpec("d", None)),
+      "b": NamedSharding(mesh, PartitionSpec()),
+      "s": NamedSharding(mesh, PartitionSpec()),
+  }
+  params = jax.device_put(_params(), shardings)
+  state = jax.jit(tx.init)(params)
+  sharded, sharded_state = _train(tx, params, state, 5)
+  expected, _ = _train(tx, _params(), tx.init(_params()), 5)
+  assert sharded["w"].sharding.is_equivalent_to(shardings["w"], 2)
+  for leaf in jax.tree.leaves(sharded_state):
+    if leaf.shape == (16, 8):
+      assert leaf.sharding.is_equivalent_to(shardings["w"], 2)
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+      sharded, expected)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_orbax_checkpoint_round_trip_continues_identically(name, tmp_path):
+  tx = OPTIMIZERS[name]()
+  params, state = _train(tx, _params(), tx.init(_params()), 3)
+  expected, _ = _train(tx, params, state, 3)
+
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
+  checkpointer.wait_until_finished()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          {"params": params, "opt_state": state})
+  restored = checkpointer.restore(tmp_path / "ckpt", abstract)
+  assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(state)
+
+  got, _ = _train(tx, restored["params"], restored["opt_state"], 3)
+  _assert_trees_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_flax_nnx_training_step_lowers_loss(name):
+  model = nnx.Sequential(nnx.Linear(4, 16, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(16, 1, rngs=nnx.Rngs(1)))
+  optimizer = nnx.Optimizer(model, OPTIMIZERS[name](), wrt=nnx.Param)
+  x = jax.random.normal(jax.random.key(2), (64, 4))
+  y = jnp.sin(x.sum(axis=1, keepdims=True))
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    loss, grads = nnx.value_and_grad(
+        lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(train_step(model, optimizer)) for _ in range(60)]
+  assert losses[-1] < 0.5 * losses[0]
