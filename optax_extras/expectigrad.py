@@ -46,7 +46,7 @@ def scale_by_expectigrad(
   With the gradient :math:`g_t` and :math:`t` counted from 1::
 
     s_t = s_{t-1} + g_t^2
-    n_t = n_{t-1} + [g_t != 0]        (sparse_counter; otherwise n_t = t)
+    n_t = n_{t-1} + [g_t^2 != 0]      (sparse_counter; otherwise n_t = t)
     a_t = s_t / n_t, with 0/0 := 0
     m_t = beta m_{t-1} + (1 - beta) g_t / (sqrt(a_t) + eps)
     u_t = m_t / (1 - beta^t)
@@ -55,6 +55,9 @@ def scale_by_expectigrad(
 
   * Where an element has only seen zero gradients, its counter and sum are
     both 0 and its step is 0, as in the reference.
+  * The counter counts the squares added to the sum, as the reference's
+    ``sign(g^2)``: a nonzero gradient whose square underflows to 0 counts as
+    a zero gradient.
   * ``beta = 0`` gives ``u_t = g_t / (sqrt(a_t) + eps)`` (no momentum, no bias
     correction), as in the reference; the momentum buffer is kept in the state
     anyway so that ``beta`` may be traced.
@@ -96,8 +99,9 @@ def scale_by_expectigrad(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    sum_sq = jax.tree.map(
-        lambda s, g: s + jnp.square(g.astype(s.dtype)), state.sum_sq, updates)
+    squares = jax.tree.map(
+        lambda s, g: jnp.square(g.astype(s.dtype)), state.sum_sq, updates)
+    sum_sq = jax.tree.map(jnp.add, state.sum_sq, squares)
 
     def normalized_step(g, s, n):
       mean_sq = jnp.where(n > 0, s / n.astype(s.dtype), 0.0)
@@ -105,8 +109,8 @@ def scale_by_expectigrad(
 
     if sparse_counter:
       counter = jax.tree.map(
-          lambda n, g: jnp.where(g != 0, n + 1, n),
-          state.counter, updates)
+          lambda n, sq: jnp.where(sq != 0, n + 1, n),
+          state.counter, squares)
       steps = jax.tree.map(normalized_step, updates, sum_sq, counter)
     else:
       counter = None

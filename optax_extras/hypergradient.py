@@ -268,10 +268,13 @@ def adam_hd(
     rate_dtype = state.learning_rate.dtype
     prev_direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps),
                                   state.mu, state.nu)
-    prev_scale = jnp.where(state.count > 0,
-                           step_scale(jnp.maximum(state.count, 1)), 0.0)
-    hypergradient = prev_scale.astype(rate_dtype) * _common.tree_vdot(
-        updates, prev_direction, rate_dtype)
+    prev_scale = step_scale(jnp.maximum(state.count, 1)).astype(rate_dtype)
+    # A select, not a product with 0: with eps = 0 the first direction is
+    # 0 / 0, and the reference skips the hypergradient on the first step.
+    hypergradient = jnp.where(
+        state.count > 0,
+        prev_scale * _common.tree_vdot(updates, prev_direction, rate_dtype),
+        0.0)
     rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
                                hypergradient, hypergrad_lr)
     count = optax.safe_increment(state.count)
