@@ -1,0 +1,185 @@
+"""The datasets of `optax-extras compare`, as normalized NHWC float32 arrays.
+
+``digits`` ships with scikit-learn (8x8 grey images, 1797 of them; a fixed
+stratified split keeps 360 for validation). ``mnist`` reads the four IDX
+files (raw or ``.gz``) from a directory; ``cifar10`` reads the python pickle
+batches from ``cifar-10-batches-py`` or from the directory itself. Pixels are
+scaled to [0, 1] and normalized as in the hypergradient repo's train.py:
+MNIST with mean 0.1307 and std 0.3081, CIFAR-10 per channel with train.py's
+means and stds; digits with the mean and std of its training pixels. Nothing
+is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pickle
+import zlib
+
+import numpy as np
+
+DATASETS = ("digits", "mnist", "cifar10")
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "valid_images": "t10k-images-idx3-ubyte",
+    "valid_labels": "t10k-labels-idx1-ubyte",
+}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_VALID = "test_batch"
+CIFAR10_MEAN = (0.485, 0.456, 0.406)
+CIFAR10_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(Exception):
+  """A data directory or file that is missing or not in the expected format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Training and validation images (N, H, W, C) float32, labels int32."""
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  valid_images: np.ndarray
+  valid_labels: np.ndarray
+  num_classes: int = 10
+
+
+def load(name: str, data_dir: str | None = None) -> Dataset:
+  """Loads dataset `name` (one of DATASETS); raises DataError on bad files."""
+  if name == "digits":
+    return load_digits()
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+  if data_dir is None:
+    raise DataError(f"{name} needs --data-dir, the directory holding its files")
+  if not os.path.isdir(data_dir):
+    raise DataError(f"{name}: data directory {data_dir} does not exist")
+  return load_mnist(data_dir) if name == "mnist" else load_cifar10(data_dir)
+
+
+def load_digits() -> Dataset:
+  """scikit-learn's digits, 1437 training and 360 validation images."""
+  from sklearn import datasets, model_selection
+  digits = datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[..., None]
+  train_x, valid_x, train_y, valid_y = model_selection.train_test_split(
+      images, digits.target.astype(np.int32), test_size=360,
+      stratify=digits.target, random_state=0)
+  mean, std = train_x.mean(), train_x.std()
+  return Dataset("digits", (train_x - mean) / std, train_y,
+                 (valid_x - mean) / std, valid_y)
+
+
+def _mnist_path(data_dir: str, stem: str) -> str:
+  for directory in (data_dir, os.path.join(data_dir, "MNIST", "raw")):
+    for name in (stem, stem + ".gz"):
+      path = os.path.join(directory, name)
+      if os.path.isfile(path):
+        return path
+  raise DataError(f"mnist: expected {stem} or {stem}.gz in {data_dir} "
+                  "(not found)")
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+  """An IDX file of unsigned bytes with `ndim` dimensions (gzipped or not)."""
+  try:
+    if path.endswith(".gz"):
+      with gzip.open(path, "rb") as f:
+        content = f.read()
+    else:
+      with open(path, "rb") as f:
+        content = f.read()
+  except (OSError, EOFError, zlib.error) as error:
+    raise DataError(f"{path}: cannot read it ({error})") from None
+  magic = 0x800 | ndim
+  if len(content) < 4 or int.from_bytes(content[:4], "big") != magic:
+    found = int.from_bytes(content[:4], "big") if len(content) >= 4 else None
+    raise DataError(
+        f"{path}: bad magic number "
+        f"{'(file too short)' if found is None else f'0x{found:08x}'}, "
+        f"expected 0x{magic:08x} (IDX, unsigned bytes, {ndim} dimensions)")
+  header = 4 + 4 * ndim
+  if len(content) < header:
+    raise DataError(f"{path}: truncated header ({len(content)} bytes, "
+                    f"expected {header})")
+  shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big")
+                for i in range(ndim))
+  expected = header + int(np.prod(shape))
+  if len(content) != expected:
+    raise DataError(
+        f"{path}: {'truncated' if len(content) < expected else 'too long'}: "
+        f"the header says shape {shape} ({expected} bytes), the file has "
+        f"{len(content)} bytes")
+  return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
+
+
+def _labeled(images: np.ndarray, labels: np.ndarray, where: str):
+  if len(images) != len(labels):
+    raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+  if labels.size and labels.max() > 9:
+    raise DataError(f"{where}: label {labels.max()} out of range 0..9")
+  return images, labels.astype(np.int32)
+
+
+def load_mnist(data_dir: str) -> Dataset:
+  """MNIST from the four IDX files in `data_dir` (or `data_dir/MNIST/raw`)."""
+  arrays = {}
+  for split in ("train", "valid"):
+    images_path = _mnist_path(data_dir, MNIST_FILES[f"{split}_images"])
+    labels_path = _mnist_path(data_dir, MNIST_FILES[f"{split}_labels"])
+    images, labels = _labeled(read_idx(images_path, 3),
+                              read_idx(labels_path, 1), images_path)
+    images = (images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
+    arrays[split] = images[..., None], labels
+  return Dataset("mnist", *arrays["train"], *arrays["valid"])
+
+
+def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """A CIFAR-10 python batch: uint8 images (N, 32, 32, 3) and labels.
+
+  The batches are pickles: load only files you trust.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"cifar10: expected the batch file {path} (not found)")
+  try:
+    with open(path, "rb") as f:
+      batch = pickle.load(f, encoding="bytes")
+  except Exception as error:
+    raise DataError(f"{path}: not a CIFAR-10 python batch, the pickle does not "
+                    f"load ({type(error).__name__}: {error})") from None
+  if not isinstance(batch, dict):
+    raise DataError(f"{path}: not a CIFAR-10 python batch (a "
+                    f"{type(batch).__name__}, expected a dict)")
+  batch = {k.decode() if isinstance(k, bytes) else k: v
+           for k, v in batch.items()}
+  if "data" not in batch or "labels" not in batch:
+    raise DataError(f"{path}: not a CIFAR-10 python batch (keys "
+                    f"{sorted(batch)}, expected 'data' and 'labels')")
+  data = np.asarray(batch["data"])
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected "
+                    "uint8 (N, 3072)")
+  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return _labeled(images, np.asarray(batch["labels"]), path)
+
+
+def load_cifar10(data_dir: str) -> Dataset:
+  """CIFAR-10 from `data_dir/cifar-10-batches-py` or `data_dir` itself."""
+  nested = os.path.join(data_dir, "cifar-10-batches-py")
+  directory = nested if os.path.isdir(nested) else data_dir
+
+  def read(names):
+    images, labels = zip(*(read_cifar10_batch(os.path.join(directory, name))
+                           for name in names))
+    images = np.concatenate(images).astype(np.float32) / 255.0
+    images = (images - np.float32(CIFAR10_MEAN)) / np.float32(CIFAR10_STD)
+    return images, np.concatenate(labels)
+
+  return Dataset("cifar10", *read(CIFAR10_TRAIN), *read([CIFAR10_VALID]))
