@@ -331,4 +331,5 @@ def _build_stack(choice: Choice) -> Built:
   except (ValueError, TypeError) as error:
     raise OptimizerError(f"{choice.label}: {error}") from None
   beta = choice.options[1].get("lr", HYPER_LEVEL_LR)
-  return Built(tx, lambda state: hyperoptimize.learning_rate(state), beta)
+  return Built(
+      tx, lambda state: hyperoptimize.hyperparameters(state)[0]["alpha"], beta)
