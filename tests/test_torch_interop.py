@@ -1,0 +1,520 @@
+"""optax_extras.torch: OptaxOptimizer against the real torch optimizers."""
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_extras
+
+torch = pytest.importorskip("torch")
+from optax_extras.torch import import_torch_state  # pylint: disable=g-import-not-at-top
+from optax_extras.torch import OptaxOptimizer  # pylint: disable=g-import-not-at-top
+from optax_extras.torch import to_jax  # pylint: disable=g-import-not-at-top
+from optax_extras.torch import to_torch  # pylint: disable=g-import-not-at-top
+
+
+def _diffgrad(params, lr):
+  return pytest.importorskip("torch_optimizer").DiffGrad(
+      params, lr=lr, weight_decay=1e-2)
+
+
+def _expectigrad(params, lr):
+  return pytest.importorskip("expectigrad.pytorch").Expectigrad(params, lr=lr)
+
+
+# name: (torch optimizer, OptaxOptimizer arguments, optax transformation)
+CASES = {
+    "diffgrad": (
+        _diffgrad,
+        lambda lr: (optax_extras.diffgrad, {"lr": lr, "weight_decay": 1e-2}),
+        lambda lr: optax_extras.diffgrad(lr, weight_decay=1e-2)),
+    "expectigrad": (
+        _expectigrad,
+        lambda lr: (optax_extras.expectigrad(lr), {}),
+        optax_extras.expectigrad),
+    "adam": (
+        lambda params, lr: torch.optim.Adam(params, lr=lr),
+        lambda lr: (optax.adam, {"lr": lr}),
+        optax.adam),
+    "sgd_momentum": (
+        lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+        lambda lr: (optax.sgd(lr, momentum=0.9), {}),
+        lambda lr: optax.sgd(lr, momentum=0.9)),
+    "sgd_nesterov": (
+        lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9,
+                                           nesterov=True),
+        lambda lr: (optax.sgd, {"lr": lr, "momentum": 0.9, "nesterov": True}),
+        lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True)),
+}
+LR = {"diffgrad": 1e-2, "expectigrad": 1e-2, "adam": 1e-2,
+      "sgd_momentum": 5e-2, "sgd_nesterov": 5e-2}
+
+
+def _mlp(dtype=torch.float32):
+  torch.manual_seed(0)
+  return torch.nn.Sequential(
+      torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+  ).to(dtype)
+
+
+def _batch(step, dtype=torch.float32):
+  gen = torch.Generator().manual_seed(1000 + step)
+  x = torch.randn(32, 6, generator=gen, dtype=dtype)
+  return x, torch.sin(x[:, :3] * 2.0)
+
+
+def _train(model, opt, steps, first=0, scheduler=None):
+  for step in range(first, first + steps):
+    x, y = _batch(step, next(model.parameters()).dtype)
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    if scheduler is not None:
+      scheduler.step()
+
+
+def _assert_close(actual, expected, rtol):
+  """Every weight tensor within `rtol` of the reference, relative to the
+  tensor's largest magnitude (elementwise relative error is unbounded where
+  a weight crosses zero)."""
+  for (name, a), b in zip(actual.named_parameters(), expected.parameters()):
+    a, b = a.detach().numpy(), b.detach().numpy()
+    error = np.max(np.abs(a - b)) / np.max(np.abs(b))
+    assert error <= rtol, f"{name}: relative error {error:.2e} > {rtol:.0e}"
+
+
+def _assert_allclose(actual, expected, rtol):
+  for (name, a), b in zip(actual.named_parameters(), expected.parameters()):
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(),
+                               rtol=rtol, atol=0, err_msg=name)
+
+
+def _assert_equal(actual, expected):
+  for a, b in zip(actual.parameters(), expected.parameters()):
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_torch_optimizer_over_30_steps_float32(name):
+  make_torch, make_ours, _ = CASES[name]
+  reference, ours = _mlp(), _mlp()
+  _train(reference, make_torch(reference.parameters(), LR[name]), 30)
+  tx, options = make_ours(LR[name])
+  _train(ours, OptaxOptimizer(ours.parameters(), tx, **options), 30)
+  moved = [not torch.equal(p, q) for p, q in zip(ours.parameters(), _mlp()
+                                                  .parameters())]
+  assert all(moved)
+  _assert_close(ours, reference, rtol=1e-5)
+
+
+def test_param_groups_with_own_options_match_torch_adam():
+  reference, ours = _mlp(), _mlp()
+
+  def groups(model):
+    return [{"params": model[0].parameters(), "lr": 3e-2, "betas": (0.8, 0.99)},
+            {"params": model[2].parameters()}]
+
+  _train(reference, torch.optim.Adam(groups(reference), lr=1e-2), 30)
+  ours_groups = groups(ours)
+  ours_groups[0]["b1"], ours_groups[0]["b2"] = ours_groups[0].pop("betas")
+  opt = OptaxOptimizer(ours_groups, optax.adam, lr=1e-2)
+  assert [g["lr"] for g in opt.param_groups] == [3e-2, 1e-2]
+  _train(ours, opt, 30)
+  _assert_close(ours, reference, rtol=1e-5)
+
+
+def test_group_with_its_own_transformation():
+  reference, ours = _mlp(), _mlp()
+  _train(reference, torch.optim.SGD(
+      [{"params": reference[0].parameters(), "momentum": 0.9},
+       {"params": reference[2].parameters()}], lr=5e-2), 30)
+  opt = OptaxOptimizer(
+      [{"params": ours[0].parameters(), "tx": optax.sgd(5e-2, momentum=0.9)},
+       {"params": ours[2].parameters()}], optax.sgd(5e-2))
+  _train(ours, opt, 30)
+  _assert_close(ours, reference, rtol=1e-5)
+  assert "tx" not in opt.state_dict()["param_groups"][0]
+
+
+def test_torch_lr_scheduler_drives_injected_lr_without_recompiling():
+  reference, ours = _mlp(), _mlp()
+  torch_opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
+  _train(reference, torch_opt, 20,
+         scheduler=torch.optim.lr_scheduler.StepLR(torch_opt, 5, 0.5))
+  opt = OptaxOptimizer(ours.parameters(), optax.adam, lr=1e-2)
+  _train(ours, opt, 20,
+         scheduler=torch.optim.lr_scheduler.StepLR(opt, 5, 0.5))
+  _assert_close(ours, reference, rtol=1e-5)
+  hyperparams = opt.opt_states[0].hyperparams
+  assert float(hyperparams["learning_rate"]) == np.float32(1e-2 * 0.5**3)
+  assert len(opt._runtimes[0].compiled) == 1  # pylint: disable=protected-access
+
+
+def test_learned_hd_rate_shows_in_param_groups():
+  model = _mlp()
+  tx = optax_extras.adam_hd(1e-2, hypergrad_lr=1e-3)
+  opt = OptaxOptimizer(model.parameters(), tx)
+  params = [jnp.asarray(p.detach().numpy()) for p in model.parameters()]
+  state = tx.init(params)
+  rates = []
+  for step in range(10):
+    x, y = _batch(step)
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    grads = [jnp.asarray(p.grad.numpy()) for p in model.parameters()]
+    opt.step()
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    rates.append(opt.param_groups[0]["lr"])
+    assert rates[-1] == float(optax.tree.get(opt.opt_states[0],
+                                             "learning_rate"))
+    np.testing.assert_allclose(
+        rates[-1], float(optax.tree.get(state, "learning_rate")), rtol=1e-5)
+  assert len(set(rates)) == 10 and rates[-1] != np.float32(1e-2)
+
+
+def test_writing_lr_overrides_the_learned_rate():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax_extras.sgd_hd,
+                       lr=1e-2, hypergrad_lr=1e-3)
+  _train(model, opt, 2)
+  opt.param_groups[0]["lr"] = 0.5
+  opt.zero_grad()
+  x, y = _batch(2)
+  torch.nn.functional.mse_loss(model(x), y).backward()
+  grads = [p.grad.clone() for p in model.parameters()]
+  before = [p.detach().clone() for p in model.parameters()]
+  direction = opt.opt_states[0].inner_state.prev_direction
+  opt.step()
+  rate = opt.param_groups[0]["lr"]
+  hypergradient = sum(float((g * torch.from_numpy(np.asarray(d))).sum())
+                      for g, d in zip(grads, direction))
+  np.testing.assert_allclose(rate, 0.5 + 1e-3 * hypergradient, rtol=1e-5)
+  for p, b, g in zip(model.parameters(), before, grads):
+    np.testing.assert_allclose(p.detach().numpy(), (b - rate * g).numpy(),
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["adam_factory", "expectigrad", "adam_hd"])
+def test_state_dict_round_trip_is_bitwise(kind):
+  def make(model):
+    if kind == "adam_factory":
+      return OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+    if kind == "expectigrad":
+      return OptaxOptimizer(model.parameters(), optax_extras.expectigrad(1e-2))
+    return OptaxOptimizer(model.parameters(),
+                          optax_extras.adam_hd(1e-2, hypergrad_lr=1e-3))
+
+  straight = _mlp()
+  _train(straight, make(straight), 20)
+  first = _mlp()
+  opt = make(first)
+  _train(first, opt, 10)
+  buffer = io.BytesIO()
+  torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, buffer)
+  buffer.seek(0)
+  checkpoint = torch.load(buffer)
+  second = _mlp()
+  second.load_state_dict(checkpoint["model"])
+  resumed = make(second)
+  resumed.load_state_dict(checkpoint["opt"])
+  assert resumed.param_groups[0].get("lr") == opt.param_groups[0].get("lr")
+  _train(second, resumed, 10, first=10)
+  _assert_equal(second, straight)
+
+
+def _regression(lib, w, b, x, y):
+  return ((lib.tanh(x @ w.T + b) - y) ** 2).mean()
+
+
+def _regression_batch(step):
+  gen = np.random.default_rng(step)
+  x = gen.normal(size=(16, 5))
+  x[:, step % 3] = 0.0  # exact zero gradients for Expectigrad's counter
+  return x, gen.normal(size=(16, 3))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_import_torch_state_continues_the_torch_run_float64(name):
+  make_torch, _, make_tx = CASES[name]
+  lr = LR[name]
+  gen = np.random.default_rng(0)
+  w0, b0 = gen.normal(size=(3, 5)) * 0.5, gen.normal(size=(3,)) * 0.1
+
+  def torch_run(steps):
+    w = torch.tensor(w0, requires_grad=True)
+    b = torch.tensor(b0, requires_grad=True)
+    opt = make_torch([w, b], lr)
+    for step in range(steps):
+      x, y = map(torch.tensor, _regression_batch(step))
+      opt.zero_grad()
+      _regression(torch, w, b, x, y).backward()
+      opt.step()
+    return w.detach().numpy(), b.detach().numpy(), opt.state_dict()
+
+  full_w, full_b, _ = torch_run(20)
+  half_w, half_b, torch_state = torch_run(10)
+  with jax.enable_x64(True):
+    tx = make_tx(lr)
+    params = [jnp.asarray(half_w), jnp.asarray(half_b)]
+    state = import_torch_state(torch_state, tx, params)
+    grad_fn = jax.jit(jax.grad(
+        lambda p, x, y: _regression(jnp, p[0], p[1], x, y)))
+    for step in range(10, 20):
+      grads = grad_fn(params, *_regression_batch(step))
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    assert params[0].dtype == jnp.float64
+    np.testing.assert_allclose(params[0], full_w, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(params[1], full_b, rtol=1e-12, atol=0)
+
+
+def test_import_maps_every_expectigrad_field():
+  pytest.importorskip("expectigrad.pytorch")
+  w = torch.nn.Parameter(torch.zeros(2, 3))
+  opt = _expectigrad([w], 1e-2)
+  for step in range(4):
+    w.grad = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, -1.0]]) * (step % 2)
+    opt.step()
+  torch_state = opt.state_dict()["state"][0]
+  state = import_torch_state(opt.state_dict(), optax_extras.expectigrad(1e-2),
+                             {"w": jnp.zeros((2, 3))})
+  inner = state[0]
+  assert isinstance(inner, optax_extras.ScaleByExpectigradState)
+  assert inner.count.dtype == jnp.int32 and int(inner.count) == 4
+  assert inner.counter["w"].dtype == jnp.int32
+  np.testing.assert_array_equal(inner.counter["w"], [[2, 0, 2], [0, 0, 2]])
+  np.testing.assert_array_equal(inner.counter["w"],
+                                torch_state["counter"].numpy())
+  np.testing.assert_array_equal(inner.sum_sq["w"], torch_state["sum"].numpy())
+  np.testing.assert_array_equal(inner.momentum["w"],
+                                torch_state["momentum"].numpy())
+
+
+def test_load_torch_state_continues_in_optax_optimizer():
+  straight = _mlp(torch.float64)
+  _train(straight, torch.optim.Adam(straight.parameters(), lr=1e-2), 20)
+  half = _mlp(torch.float64)
+  torch_opt = torch.optim.Adam(half.parameters(), lr=1e-2)
+  _train(half, torch_opt, 10)
+  with jax.enable_x64(True):
+    opt = OptaxOptimizer(half.parameters(), optax.adam, lr=1e-2)
+    opt.load_torch_state(torch_opt.state_dict())
+    _train(half, opt, 10, first=10)
+  _assert_allclose(half, straight, rtol=1e-12)
+
+
+def test_closure_is_run_with_grad_and_its_loss_returned():
+  model, twin = _mlp(), _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  x, y = _batch(0)
+
+  def closure():
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    return loss
+
+  with torch.no_grad():
+    loss = opt.step(closure)
+  assert loss.requires_grad and float(loss) > 0
+  _train(twin, OptaxOptimizer(twin.parameters(), optax.adam, lr=1e-2), 1)
+  _assert_equal(model, twin)
+
+
+def test_params_without_grad_are_left_alone():
+  a = torch.nn.Parameter(torch.ones(3))
+  b = torch.nn.Parameter(torch.full((2,), 2.0))
+  alone = torch.nn.Parameter(torch.ones(3))
+  opt = OptaxOptimizer([a, b], optax.adam, lr=0.1)
+  opt_alone = OptaxOptimizer([alone], optax.adam, lr=0.1)
+  for step in range(3):
+    a.grad = torch.tensor([1.0, -2.0, 3.0]) * (step + 1)
+    alone.grad = a.grad.clone()
+    opt.step()
+    opt_alone.step()
+  assert torch.equal(b, torch.full((2,), 2.0))
+  assert torch.equal(a, alone)
+  adam_state = opt.opt_states[0].inner_state[0]
+  assert int(adam_state.count) == 3
+  assert not np.any(adam_state.mu[1]) and not np.any(adam_state.nu[1])
+  b.grad = torch.ones(2)
+  opt.step()
+  assert not torch.equal(b, torch.full((2,), 2.0))
+
+
+def test_group_without_any_grad_does_not_step():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=0.1)
+  opt.step()
+  assert int(opt.opt_states[0].count) == 0
+  _assert_equal(model, _mlp())
+
+
+def test_update_is_in_place():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=0.1)
+  before = [(id(p), p.data_ptr(), p.detach().clone()) for p in
+            model.parameters()]
+  alias = model[0].weight.data
+  _train(model, opt, 1)
+  for p, (identity, pointer, old) in zip(model.parameters(), before):
+    assert id(p) == identity and p.data_ptr() == pointer
+    assert not torch.equal(p, old)
+  assert torch.equal(alias, model[0].weight)
+  assert all(p is q for p, q in zip(opt.param_groups[0]["params"],
+                                    model.parameters()))
+
+
+def _snapshot(opt):
+  return ([p.detach().clone() for g in opt.param_groups for p in g["params"]],
+          [np.asarray(x) for x in jax.tree.leaves(opt.opt_states)],
+          [dict((k, v) for k, v in g.items() if k != "params")
+           for g in opt.param_groups])
+
+
+def _assert_unchanged(opt, snapshot):
+  params, states, options = _snapshot(opt)
+  assert all(torch.equal(a, b) for a, b in zip(params, snapshot[0]))
+  assert all(np.array_equal(a, b) for a, b in zip(states, snapshot[1]))
+  assert options == snapshot[2]
+
+
+def test_sparse_gradient_raises_and_changes_nothing():
+  dense = torch.nn.Linear(4, 2)
+  embedding = torch.nn.Embedding(10, 4, sparse=True)
+  opt = OptaxOptimizer(
+      [{"params": dense.parameters()}, {"params": embedding.parameters()}],
+      optax.adam, lr=0.1)
+  dense(embedding(torch.tensor([1, 2]))).sum().backward()
+  snapshot = _snapshot(opt)
+  with pytest.raises(TypeError, match="sparse"):
+    opt.step()
+  _assert_unchanged(opt, snapshot)
+
+
+def test_complex_params_need_allow_complex():
+  z = torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))
+  with pytest.raises(TypeError, match="complex64"):
+    OptaxOptimizer([z], optax_extras.expectigrad(0.1))
+  opt = OptaxOptimizer([z], optax.adam, lr=0.1, allow_complex=True)
+  z.grad = torch.full((3,), 1 + 1j, dtype=torch.complex64)
+  opt.step()
+  assert z.dtype == torch.complex64 and not torch.equal(z, torch.ones(3) + 0j)
+
+
+def test_float64_params_need_x64():
+  w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+  with pytest.raises(TypeError, match="64-bit JAX"):
+    OptaxOptimizer([w], optax.adam, lr=0.1)
+
+
+def test_state_not_mirroring_params_raises_when_a_grad_is_missing():
+  a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+  opt = OptaxOptimizer([a, b], optax.flatten(optax.adam(0.1)))
+  a.grad = torch.ones(3)
+  snapshot = _snapshot(opt)
+  with pytest.raises(ValueError, match="parameters \\[0\\]"):
+    opt.step()
+  _assert_unchanged(opt, snapshot)
+  b.grad = torch.ones(2)
+  opt.step()
+  assert not torch.equal(b, torch.ones(2))
+
+
+def test_bad_options_raise_type_errors():
+  w = torch.nn.Parameter(torch.ones(3))
+  with pytest.raises(TypeError, match="factory"):
+    OptaxOptimizer([w], optax.adam(0.1), lr=0.1)
+  with pytest.raises(TypeError, match=r"adam does not take .*\['betas'\]"):
+    OptaxOptimizer([w], optax.adam, lr=0.1, betas=(0.9, 0.99))
+  with pytest.raises(TypeError, match="missing a required argument"):
+    OptaxOptimizer([w], optax.adam)
+  with pytest.raises(TypeError, match="learning rate is 'lr'"):
+    OptaxOptimizer([w], optax.adam, learning_rate=0.1)
+  with pytest.raises(ValueError, match="no learning_rate"):
+    OptaxOptimizer([{"params": [w], "lr": 0.1}], optax.adam(0.1))
+  with pytest.raises(TypeError, match="GradientTransformation or a factory"):
+    OptaxOptimizer([w], "adam")
+
+
+def test_lr_on_a_transformation_without_rate_raises_and_changes_nothing():
+  w = torch.nn.Parameter(torch.ones(3))
+  opt = OptaxOptimizer([w], optax.adam(0.1))
+  opt.param_groups[0]["lr"] = 0.5
+  w.grad = torch.ones(3)
+  params, states, _ = _snapshot(opt)
+  with pytest.raises(ValueError, match="no learning_rate"):
+    opt.step()
+  assert torch.equal(w, params[0])
+  assert all(np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(opt.opt_states), states))
+
+
+def test_load_state_dict_rejects_other_optimizers_and_changes_nothing():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 2)
+  torch_opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+  _train(model, torch_opt, 1)
+  snapshot = _snapshot(opt)
+  with pytest.raises(ValueError, match="load_torch_state"):
+    opt.load_state_dict(torch_opt.state_dict())
+  other = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 3))
+  other_opt = OptaxOptimizer(other.parameters(), optax.adam, lr=1e-2)
+  with pytest.raises(ValueError, match="shape|\\[16, 6\\]"):
+    opt.load_state_dict(other_opt.state_dict())
+  sgd_opt = OptaxOptimizer(model.parameters(), optax.sgd(0.1, momentum=0.9))
+  with pytest.raises(ValueError, match="has leaves"):
+    opt.load_state_dict(sgd_opt.state_dict())
+  _assert_unchanged(opt, snapshot)
+
+
+def test_import_torch_state_rejects_mismatches():
+  w = torch.nn.Parameter(torch.ones(2, 3))
+  params = [jnp.ones((2, 3))]
+  rmsprop = torch.optim.RMSprop([w])
+  w.grad = torch.ones(2, 3)
+  rmsprop.step()
+  with pytest.raises(ValueError, match="square_avg"):
+    import_torch_state(rmsprop.state_dict(), optax.rmsprop(0.1), params)
+  adam = torch.optim.Adam([w])
+  adam.step()
+  with pytest.raises(ValueError, match="0 ScaleByAdamState"):
+    import_torch_state(adam.state_dict(), optax_extras.diffgrad(), params)
+  with pytest.raises(ValueError, match="shape \\[2, 3\\]"):
+    import_torch_state(adam.state_dict(), optax.adam(0.1), [jnp.ones((3, 2))])
+  with pytest.raises(ValueError, match="1 parameters, params has 2"):
+    import_torch_state(adam.state_dict(), optax.adam(0.1), params * 2)
+  sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9, dampening=0.5)
+  sgd.step()
+  with pytest.raises(ValueError, match="dampening"):
+    import_torch_state(sgd.state_dict(), optax.sgd(0.1, momentum=0.9), params)
+
+
+def test_to_jax_and_back_share_memory_and_keep_dtypes():
+  tree = {"bf16": torch.ones(3, dtype=torch.bfloat16),
+          "f16": torch.ones(2, 2, dtype=torch.float16),
+          "f32": torch.arange(4.0), "i32": torch.arange(3, dtype=torch.int32),
+          "other": 1.5}
+  arrays = to_jax(tree)
+  assert arrays["other"] == 1.5
+  expected = {"bf16": jnp.bfloat16, "f16": jnp.float16, "f32": jnp.float32,
+              "i32": jnp.int32}
+  for key, dtype in expected.items():
+    assert arrays[key].dtype == dtype
+    assert arrays[key].unsafe_buffer_pointer() == tree[key].data_ptr()
+  back = to_torch(arrays)
+  for key in ("bf16", "f16", "f32", "i32"):
+    assert back[key].dtype == tree[key].dtype
+    assert back[key].data_ptr() == tree[key].data_ptr()
+  with jax.enable_x64(True):
+    f64 = torch.linspace(0, 1, 5, dtype=torch.float64)
+    array = to_jax(f64)
+    assert array.dtype == jnp.float64
+    assert torch.equal(to_torch(array), f64)
