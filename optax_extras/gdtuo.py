@@ -1,0 +1,397 @@
+"""gdtuo's hyperoptimizers as optax transformations, for porting gdtuo code.
+
+Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371. Reference code:
+`gradient_descent_the_ultimate_optimizer.gdtuo` (gdtuo 1.0).
+
+Each constructor has gdtuo's name, arguments and defaults and returns an
+`optax.GradientTransformation`: the update rule alone when ``optimizer`` is
+None (gdtuo's `NoOpOptimizer`), else the rule whose hyperparameters
+``optimizer`` learns, through `optax_extras.hyperoptimize.hyperoptimize`::
+
+  # torch:  gdtuo.ModuleWrapper(model, optimizer=gdtuo.Adam(optimizer=gdtuo.SGD(1e-5)))
+  tx = optax_extras.gdtuo.Adam(optimizer=optax_extras.gdtuo.SGD(1e-5))
+
+gives gdtuo's weights (float64: to ~1e-13 relative after 60 steps). Learned
+values are stored as gdtuo stores them: ``alpha`` and ``mu`` as they are,
+RMSProp's ``alpha`` as its square root, betas and ``gamma`` as
+``atanh(2 beta - 1)`` (used through ``(tanh(x) + 1) / 2``). `hyperparameters`
+reads them back in natural space, bottom level first.
+
+Differences with gdtuo: ``SGDPerParam`` takes one float (the same start for
+every leaf) or a params-shaped tree of floats instead of gdtuo's
+``(name, alpha)`` pairs, and every leaf has its own alpha (gdtuo leaves a
+tensor without an alpha unchanged). Arguments are validated (gdtuo does not).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_extras import _checks
+from optax_extras.hyperoptimize import hyperoptimize
+from optax_extras.hyperoptimize import hyperparameters
+from optax_extras.hyperoptimize import Learned
+
+__all__ = (
+    "AdaGrad",
+    "Adam",
+    "AdamBaydin",
+    "hyperparameters",
+    "RMSProp",
+    "RMSPropAlpha",
+    "SGD",
+    "SGDPerParam",
+)
+
+
+class SGDState(NamedTuple):
+  """State of gdtuo's SGD: the momentum buffer (None without momentum)."""
+
+  buf: optax.Updates | None
+
+
+class AdaGradState(NamedTuple):
+  """State of gdtuo's AdaGrad: the sum of squared gradients (starts at 0.1)."""
+
+  G: optax.Updates  # pylint: disable=invalid-name
+
+
+class RMSPropState(NamedTuple):
+  """State of gdtuo's RMSProp: the EMA of squared gradients."""
+
+  s: optax.Updates
+
+
+class AdamState(NamedTuple):
+  """State of gdtuo's Adam: own step count, first and second moments."""
+
+  count: chex.Array
+  m: optax.Updates
+  v: optax.Updates
+
+
+def _finite(name: str, value: Any) -> None:
+  _checks.check_range(name, value, -math.inf, math.inf,
+                      low_inclusive=False, high_inclusive=False)
+
+
+def _rule(init_fn, update_fn) -> optax.GradientTransformation:
+  def cast_update(updates, state, params=None):
+    del params
+    new_updates, new_state = update_fn(updates, state)
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates,
+                        updates), new_state
+  return optax.GradientTransformation(init_fn, cast_update)
+
+
+def _sgd(alpha, mu=0.0, *, momentum: bool = False):
+  """``buf = g`` then ``buf * mu + g`` (with momentum); ``p - buf * alpha``."""
+
+  def init_fn(params):
+    return SGDState(optax.tree.zeros_like(params) if momentum else None)
+
+  def update_fn(grads, state):
+    if not momentum:
+      return jax.tree.map(lambda g: -(g * alpha), grads), state
+    # buf starts at 0: 0 * mu + g is gdtuo's first-step buf = g, exactly.
+    buf = jax.tree.map(lambda b, g: b * mu + g, state.buf, grads)
+    return jax.tree.map(lambda b: -(b * alpha), buf), SGDState(buf)
+
+  return _rule(init_fn, update_fn)
+
+
+def _adagrad(alpha, eps=1e-10):
+  """``G += g^2`` (``G_0 = 0.1``); ``p - alpha g / sqrt(G + eps)``."""
+
+  def init_fn(params):
+    return AdaGradState(jax.tree.map(lambda p: jnp.zeros_like(p) + 1e-1,
+                                     params))
+
+  def update_fn(grads, state):
+    big_g = jax.tree.map(lambda s, g: s + jnp.square(g), state.G, grads)
+    updates = jax.tree.map(lambda g, s: -(alpha * g / jnp.sqrt(s + eps)),
+                           grads, big_g)
+    return updates, AdaGradState(big_g)
+
+  return _rule(init_fn, update_fn)
+
+
+def _rmsprop(alpha, gamma, eps=1e-8):
+  """``s = gamma s + (1 - gamma) g^2``; ``p - alpha g / sqrt(s + eps)``."""
+
+  def init_fn(params):
+    return RMSPropState(optax.tree.zeros_like(params))
+
+  def update_fn(grads, state):
+    s = jax.tree.map(lambda s, g: gamma * s + (1.0 - gamma) * jnp.square(g),
+                     state.s, grads)
+    updates = jax.tree.map(lambda g, s: -(alpha * g / jnp.sqrt(s + eps)),
+                           grads, s)
+    return updates, RMSPropState(s)
+
+  return _rule(init_fn, update_fn)
+
+
+def _adam(alpha, beta1, beta2, eps):
+  r"""gdtuo's Adam: ``v_0 = eps``, ``p - alpha m_hat / (sqrt(v_hat) + eps)``."""
+
+  def init_fn(params):
+    return AdamState(
+        count=jnp.zeros([], jnp.int32),
+        m=optax.tree.zeros_like(params),
+        v=jax.tree.map(lambda p: jnp.zeros_like(p) + eps, params),
+    )
+
+  def update_fn(grads, state):
+    count = optax.safe_increment(state.count)
+    m = jax.tree.map(lambda m, g: beta1 * m + (1.0 - beta1) * g, state.m,
+                     grads)
+    v = jax.tree.map(lambda v, g: beta2 * v + (1.0 - beta2) * g * g, state.v,
+                     grads)
+
+    def step(m, v):
+      t = count.astype(m.dtype)
+      m_hat = m / (1.0 - beta1**t)
+      v_hat = v / (1.0 - beta2**t)
+      return -(alpha * (m_hat / (jnp.sqrt(v_hat) + eps)))
+
+    return jax.tree.map(step, m, v), AdamState(count, m, v)
+
+  return _rule(init_fn, update_fn)
+
+
+def SGD(  # pylint: disable=invalid-name
+    alpha: float = 0.01,
+    mu: float = 0.0,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's SGD: ``p - alpha * buf``, learning ``alpha`` (and ``mu``).
+
+  Momentum (``buf = g`` on the first step, then ``buf * mu + g``) is used,
+  and ``mu`` learned, only when the constructor's ``mu != 0``, as in gdtuo.
+
+  Args:
+    alpha: the learning rate (stored and learned as it is).
+    mu: the momentum coefficient (stored and learned as it is).
+    optimizer: the level that learns ``alpha`` (and ``mu``); None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.SGD(0.1, optimizer=gdtuo.SGD(0.01))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(params, state)  # grad of |params|^2 / 2
+    ...   params = params + updates
+    >>> round(float(gdtuo.hyperparameters(state)[0]["alpha"]), 6)
+    0.179627
+  """
+  _finite("alpha", alpha)
+  _finite("mu", mu)
+  momentum = _checks.concrete_value(mu) != 0.0
+  if optimizer is None:
+    return _sgd(alpha, mu, momentum=momentum)
+  learned = {"alpha": Learned(alpha)}
+  if momentum:
+    learned["mu"] = Learned(mu)
+  return hyperoptimize(_sgd, learned, optimizer, {"momentum": momentum})
+
+
+def SGDPerParam(  # pylint: disable=invalid-name
+    params: Any,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's SGDPerParam: ``p_i - alpha_i * g_i``, one alpha per leaf.
+
+  Args:
+    params: the initial alphas: one float for every leaf, or a params-shaped
+      tree of floats (gdtuo takes ``(name, alpha)`` pairs: for params that
+      are a flat dict, ``dict(pairs)`` is that tree).
+    optimizer: the level that learns the alphas; None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  if _checks.concrete_value(params) is not None:
+    _finite("params", params)
+  elif not jax.tree.leaves(params):
+    raise ValueError(f"params must be a float or a non-empty tree of floats, "
+                     f"got params={params!r}.")
+  else:
+    for alpha in jax.tree.leaves(params):
+      _finite("params", alpha)
+  if optimizer is not None:
+    return hyperoptimize(_sgd, {"alpha": Learned(params, per_leaf=True)},
+                         optimizer)
+  if _checks.concrete_value(params) is not None:
+    return _sgd(params)
+
+  def init_fn(tree):
+    del tree
+    return optax.EmptyState()
+
+  def update_fn(grads, state):
+    return jax.tree.map(lambda g, a: -(g * a), grads, params), state
+
+  return _rule(init_fn, update_fn)
+
+
+def AdaGrad(  # pylint: disable=invalid-name
+    alpha: float = 0.01,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's AdaGrad: ``G += g^2`` from ``G_0 = 0.1``, learning ``alpha``.
+
+  ``p - alpha * g / sqrt(G + 1e-10)``; ``alpha`` is stored as it is.
+
+  Args:
+    alpha: the learning rate.
+    optimizer: the level that learns ``alpha``; None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  _finite("alpha", alpha)
+  if optimizer is None:
+    return _adagrad(alpha)
+  return hyperoptimize(_adagrad, {"alpha": Learned(alpha)}, optimizer)
+
+
+def RMSProp(  # pylint: disable=invalid-name
+    alpha: float = 0.01,
+    gamma: float = 0.99,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's RMSProp, learning ``alpha`` and ``gamma``.
+
+  ``s = gamma s + (1 - gamma) g^2`` (``s_0 = 0``);
+  ``p - alpha g / sqrt(s + 1e-8)``. ``alpha`` is stored as ``sqrt(alpha)``
+  (so >= 0 is needed) and ``gamma`` as ``atanh(2 gamma - 1)``.
+
+  Args:
+    alpha: the learning rate, >= 0.
+    gamma: the decay of ``s``, in (0, 1).
+    optimizer: the level that learns ``alpha`` and ``gamma``; None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  _checks.check_nonnegative("alpha", alpha)
+  _checks.check_range("gamma", gamma, 0.0, 1.0, low_inclusive=False,
+                      high_inclusive=False)
+  if optimizer is None:
+    return _rmsprop(alpha, gamma)
+  return hyperoptimize(
+      _rmsprop,
+      {"alpha": Learned(alpha, "square"),
+       "gamma": Learned(gamma, "unit_interval")},
+      optimizer)
+
+
+def RMSPropAlpha(  # pylint: disable=invalid-name
+    alpha: float = 0.01,
+    gamma: float = 0.99,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's RMSPropAlpha: `RMSProp` learning ``alpha`` only (``gamma`` fixed).
+
+  Args:
+    alpha: the learning rate, >= 0 (stored as ``sqrt(alpha)``).
+    gamma: the decay of ``s``, in [0, 1).
+    optimizer: the level that learns ``alpha``; None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  _checks.check_nonnegative("alpha", alpha)
+  _checks.check_decay("gamma", gamma)
+  if optimizer is None:
+    return _rmsprop(alpha, gamma)
+  return hyperoptimize(_rmsprop, {"alpha": Learned(alpha, "square")},
+                       optimizer, {"gamma": gamma})
+
+
+def Adam(  # pylint: disable=invalid-name
+    alpha: float = 0.001,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    log_eps: float = -8.0,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's Adam, learning ``alpha``, ``beta1`` and ``beta2``.
+
+  With ``eps = 10**log_eps`` and its own step count ``t``::
+
+    m = beta1 m + (1 - beta1) g           (m_0 = 0)
+    v = beta2 v + (1 - beta2) g^2         (v_0 = eps, gdtuo's fudge factor)
+    p - alpha (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+  ``eps`` sits after bias correction (as in `optax.adam`) but ``v`` starts
+  at ``eps``. Betas are stored as ``atanh(2 beta - 1)``.
+
+  Args:
+    alpha: the learning rate.
+    beta1: decay of the first moment, in (0, 1).
+    beta2: decay of the second moment, in (0, 1).
+    log_eps: ``log10`` of eps (fixed).
+    optimizer: the level that learns the three; None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  _finite("alpha", alpha)
+  _finite("log_eps", log_eps)
+  for name, beta in (("beta1", beta1), ("beta2", beta2)):
+    _checks.check_range(name, beta, 0.0, 1.0, low_inclusive=False,
+                        high_inclusive=False)
+  eps = 10.0**log_eps
+  if optimizer is None:
+    return _adam(alpha, beta1, beta2, eps)
+  return hyperoptimize(
+      _adam,
+      {"alpha": Learned(alpha),
+       "beta1": Learned(beta1, "unit_interval"),
+       "beta2": Learned(beta2, "unit_interval")},
+      optimizer,
+      {"eps": eps})
+
+
+def AdamBaydin(  # pylint: disable=invalid-name
+    alpha: float = 0.001,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    log_eps: float = -8.0,
+    optimizer: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+  r"""gdtuo's AdamBaydin: `Adam` learning ``alpha`` only (betas fixed).
+
+  Args:
+    alpha: the learning rate.
+    beta1: decay of the first moment, in [0, 1).
+    beta2: decay of the second moment, in [0, 1).
+    log_eps: ``log10`` of eps (fixed).
+    optimizer: the level that learns ``alpha``; None: fixed.
+
+  Returns:
+    A `optax.GradientTransformation`.
+  """
+  _finite("alpha", alpha)
+  _finite("log_eps", log_eps)
+  _checks.check_decay("beta1", beta1)
+  _checks.check_decay("beta2", beta2)
+  eps = 10.0**log_eps
+  if optimizer is None:
+    return _adam(alpha, beta1, beta2, eps)
+  return hyperoptimize(_adam, {"alpha": Learned(alpha)}, optimizer,
+                       {"beta1": beta1, "beta2": beta2, "eps": eps})
