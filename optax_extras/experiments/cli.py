@@ -16,7 +16,7 @@ from typing import Sequence
 
 from optax_extras.experiments import optimizers
 
-DEFAULT_EPOCHS = 100
+DEFAULT_EPOCHS = 50
 HIDDEN_SIZE = {"logreg": 0, "mlp": 1000, "cnn": 512}
 
 _EPILOG = """\
@@ -26,6 +26,8 @@ optimizer lists (--optimizers):
   stacks as in the gdtuo paper, the model's optimizer first; a stack option
   takes one value per level separated by '/', empty keeps the default
     --optimizers adam/sgd:lr=0.001/1e-5 sgd/sgd/sgd rmsprop/adam:gamma=0.9/
+  weight_decay is coupled L2 (added to the gradient, as torch's). The Alpha
+  column and the final lr are the learned rate for *_hd and stacks.
 
 optimizers and their default options:
 """
@@ -64,28 +66,33 @@ def parser() -> argparse.ArgumentParser:
                        help="model (default: mlp)")
   compare.add_argument("--dataset", choices=data.DATASETS, default="digits",
                        help="default: digits, embedded in scikit-learn")
-  compare.add_argument("--data-dir", help="directory of the mnist IDX files "
+  compare.add_argument("--data-dir", metavar="DIR", help="directory of the mnist IDX files "
                        "or the cifar10 python batches")
   compare.add_argument(
       "--optimizers", nargs="+", metavar="LIST", default=[",".join(
           optimizers.PAPER)],
-      help="optimizers to compare (default: the paper's six, %(default)s)")
+      help="optimizers to compare, see below (default: the paper's six, "
+      + ",".join(optimizers.PAPER) + ")")
   compare.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+                       metavar="N",
                        help="default: %(default)s")
   compare.add_argument("--batch-size", type=_positive_int, default=128,
+                       metavar="N",
                        help="default: %(default)s")
-  compare.add_argument("--seed", type=int, default=1,
+  compare.add_argument("--seed", type=int, default=1, metavar="N",
                        help="initial weights and batch order (default: 1)")
-  compare.add_argument("--out", help="output directory (default: "
+  compare.add_argument("--out", metavar="DIR", help="output directory (default: "
                        "runs/compare-TASK-DATASET)")
-  compare.add_argument("--devices", type=_positive_int, default=1,
+  compare.add_argument("--devices", type=_positive_int, default=1, metavar="N",
                        help="data-parallel over this many devices (default: 1)")
-  compare.add_argument("--hidden-size", type=_positive_int,
+  compare.add_argument("--hidden-size", type=_positive_int, metavar="N",
                        help="width of the MLP's layers and of the CNN's hidden "
                        "layer (default: mlp 1000, cnn 512)")
   compare.add_argument("--hidden-layers", type=_positive_int, default=2,
+                       metavar="N",
                        help="hidden layers of the MLP (default: 2)")
   compare.add_argument("--channels", type=_channels, default=(32, 64, 128),
+                       metavar="C1,C2,...",
                        help="channels of the CNN's stages (default: 32,64,128)")
   compare.add_argument("--quiet", action="store_true",
                        help="no progress bars")
@@ -104,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (optimizers.OptimizerError, _UsageError) as error:
     print(f"optax-extras {args.command}: error: {error}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"optax-extras {args.command}: interrupted", file=sys.stderr)
+    return 130
 
 
 class _UsageError(Exception):

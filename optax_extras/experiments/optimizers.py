@@ -244,6 +244,10 @@ def parse(texts: Sequence[str]) -> list[Choice]:
 
   Raises:
     OptimizerError: naming the unknown name or option and the valid ones.
+
+  Example:
+    >>> [c.label for c in parse(["sgd,adam_hd:lr=0.01,hypergrad_lr=1e-7"])]
+    ['sgd', 'adam_hd:lr=0.01,hypergrad_lr=1e-07']
   """
   groups = []
   for text in texts:

@@ -8,9 +8,11 @@ inset against iterations on a log axis. `plot_log_loss` is the notebook's
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -31,14 +33,13 @@ def _columns(result: Result) -> dict[str, np.ndarray]:
 
 
 def _styles(results: Sequence[Result]) -> list[dict]:
-  others = iter(f"C{i}" for i in range(1000))
-  styles = []
-  for result in results:
-    name = result.label.split(":")[0]
-    color = _PAPER_COLORS.get(name) or next(others)
-    styles.append(dict(label=result.label, color=color,
-                       linestyle="--" if name in _BASELINES else "-"))
-  return styles
+  names = [result.label.split(":")[0] for result in results]
+  count = sum(name not in _PAPER_COLORS for name in names)
+  others = itertools.cycle(colormaps["tab10" if count <= 10 else "tab20"].colors)
+  return [dict(label=result.label,
+               color=_PAPER_COLORS.get(name) or next(others),
+               linestyle="--" if name in _BASELINES else "-")
+          for result, name in zip(results, names)]
 
 
 def plot_paper(results: Sequence[Result], path: str, title: str) -> None:
@@ -93,6 +94,6 @@ def plot_log_loss(results: Sequence[Result], path: str, title: str) -> None:
   ax.set_ylabel("Training loss (log scale)")
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
   fig.tight_layout()
   fig.savefig(path, dpi=100)

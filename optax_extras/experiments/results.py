@@ -30,7 +30,15 @@ def write_csv(result: Result, path: str) -> None:
 
 
 def summary_rows(results: Sequence[Result]) -> list[dict[str, Any]]:
+  """One dict per optimizer: its label and summary, as SUMMARY_COLUMNS."""
   return [{"optimizer": r.label, **r.summary} for r in results]
+
+
+def _json_value(value: Any) -> Any:
+  """NaN and infinities (a diverged run) as null: JSON has no NaN."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
 
 
 def write_all(results: Sequence[Result], out: str,
@@ -46,11 +54,11 @@ def write_all(results: Sequence[Result], out: str,
     writer = csv.DictWriter(f, SUMMARY_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
+  entries = [{k: _json_value(v) for k, v in row.items()}
+             | {"csv": os.path.basename(paths[row["optimizer"]])}
+             for row in rows]
   with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump({"config": config, "results": [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-         for k, v in row.items()} | {"csv": os.path.basename(paths[row["optimizer"]])}
-        for row in rows]}, f, indent=2)
+    json.dump({"config": config, "results": entries}, f, indent=2)
   return paths
 
 

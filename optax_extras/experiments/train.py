@@ -215,8 +215,9 @@ class Experiment:
               float(losses[i]), float(losses.mean()) if last else math.nan,
               valid_loss if last else math.nan, float(rates[i]),
               float(rates.mean()) if last else math.nan, built.beta))
-        bar.set_postfix(loss=f"{losses.mean():.4f}", valid=f"{valid_loss:.4f}",
-                        lr=f"{rates[-1]:.4g}")
+        bar.set_postfix(dict(loss=f"{losses.mean():.4f}",
+                             valid=f"{valid_loss:.4f}", lr=f"{rates[-1]:.4g}"),
+                        refresh=False)
         bar.update()
     summary = dict(
         train_loss=rows[-1][4], valid_loss=valid_loss, valid_accuracy=accuracy,
