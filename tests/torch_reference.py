@@ -472,6 +472,21 @@ def run_jax(tx, case: Case, dtype: str) -> dict[str, np.ndarray]:
   return result
 
 
+@functools.cache
+def parity_runs(name: str, dtype: str) -> tuple[str, dict, dict]:
+  """(source, torch record, JAX record) of case `name`; the JAX side runs
+  `optax_extras.<algo>(**hparams)` with x64 on for float64, off for float32."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax_extras  # pylint: disable=g-import-not-at-top
+
+  case = CASES[name]
+  source, reference = reference_trajectory(name, dtype)
+  with jax.enable_x64(dtype == "float64"):
+    actual = run_jax(getattr(optax_extras, case.algo)(**case.hparams), case,
+                     dtype)
+  return source, reference, actual
+
+
 def max_relative_difference(actual, reference) -> float:
   """max |a - b| / max(|b|, tiny) over all elements."""
   actual = np.asarray(actual, np.float64)
