@@ -102,8 +102,11 @@ def _same_arrays(tree_a: Any, tree_b: Any) -> bool:
       for a, b in zip(leaves_a, leaves_b))
 
 
-def _group_update(tx, num_params, keep, grads, state, params):
+def _group_update(tx, num_params, keep, grads, state, params, scratch):
   """One step on the parameters `keep` of a group of `num_params`.
+
+  `scratch` holds the previous new parameters (already copied to torch),
+  donated so that XLA writes the new ones into them instead of allocating.
 
   The state's lists of `num_params` entries (the per-parameter moments) are
   cut to `keep` for the update and merged back, so the entries of the other
@@ -113,6 +116,7 @@ def _group_update(tx, num_params, keep, grads, state, params):
   def mirrors_params(x):
     return isinstance(x, list) and len(x) == num_params
 
+  del scratch
   partial = len(keep) < num_params
   sub_state = state
   if partial:
@@ -148,6 +152,7 @@ class _Runtime:
     self.state = state
     self.synced_lr = synced_lr
     self.compiled = {}
+    self.scratch = None
 
 
 class _Plan(NamedTuple):
@@ -381,13 +386,18 @@ class OptaxOptimizer(torch.optim.Optimizer):
             "transformation's state has no learning_rate: pass tx as a "
             "factory (e.g. optax.adam) to make lr a hyperparameter.")
       state = _set_rate(state, float(group["lr"]))
-    args = (to_jax([params[k].grad for k in keep]), state,
-            to_jax([params[k] for k in keep]))
+    jax_params = to_jax([params[k] for k in keep])
+    scratch = runtime.scratch
+    if scratch is None or scratch[0] != keep:
+      scratch = (keep, [jnp.zeros_like(p) for p in jax_params])
+    args = (to_jax([params[k].grad for k in keep]), state, jax_params,
+            scratch[1])
     step = compiled.get(keep)
     if step is None:
       update = functools.partial(_group_update, tx, len(params), keep)
       try:
-        step = jax.jit(update).lower(*args).compile()
+        step = jax.jit(update, donate_argnums=(1, 3),
+                       keep_unused=True).lower(*args).compile()
       except Exception as error:
         raise ValueError(
             f"Cannot run the transformation of group {index} on its "
@@ -415,7 +425,7 @@ class OptaxOptimizer(torch.optim.Optimizer):
         plan.compiled[plan.keep] = plan.step
         runtime.tx, runtime.options, runtime.compiled = (
             plan.tx, plan.options, plan.compiled)
-        runtime.state = new_state
+        runtime.state, runtime.scratch = new_state, (plan.keep, new_params)
         learned, _ = _rate_leaves(new_state)
         if learned:
           group["lr"] = float(learned[0])
