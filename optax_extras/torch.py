@@ -260,7 +260,11 @@ class OptaxOptimizer(torch.optim.Optimizer):
 
   @property
   def opt_states(self) -> list[Any]:
-    """The optax state of each parameter group (JAX arrays, read-only)."""
+    """The optax state of each parameter group.
+
+    Live JAX arrays, donated to the next step (then deleted): copy what you
+    keep. ``torch.optim.Optimizer.state`` stays empty.
+    """
     return [runtime.state for runtime in self._runtimes]
 
   def _factory_options(self, group, strict=False):
@@ -496,7 +500,8 @@ class OptaxOptimizer(torch.optim.Optimizer):
   def load_torch_state(self, state_dict: dict[str, Any]) -> None:
     """Starts from the `state_dict` of a torch optimizer (see
     `import_torch_state`) over the same parameters in the same order."""
-    indices = [k for group in state_dict.get("param_groups", ())
+    _check_state_dict(state_dict)
+    indices = [k for group in state_dict["param_groups"]
                for k in group["params"]]
     sizes = [len(group["params"]) for group in self.param_groups]
     if len(indices) != sum(sizes):
@@ -505,17 +510,19 @@ class OptaxOptimizer(torch.optim.Optimizer):
           f"{sum(sizes)}.")
     states, start = [], 0
     for group, runtime in zip(self.param_groups, self._runtimes):
-      part = indices[start:start + len(group["params"])]
+      part = set(indices[start:start + len(group["params"])])
       start += len(group["params"])
       sub_dict = {
-          "state": {k: state_dict["state"][k]
-                    for k in part if k in state_dict["state"]},
-          "param_groups": [{**state_dict["param_groups"][0], "params": part}],
+          "state": {k: v for k, v in state_dict["state"].items() if k in part},
+          "param_groups": [
+              {**torch_group, "params": [k for k in torch_group["params"]
+                                         if k in part]}
+              for torch_group in state_dict["param_groups"]],
       }
       states.append(import_torch_state(
           sub_dict, runtime.tx, to_jax(list(group["params"]))))
     for runtime, state in zip(self._runtimes, states):
-      runtime.state = state
+      runtime.state = jax.tree.map(jnp.copy, state)
 
 
 class _TorchLayout(NamedTuple):
@@ -525,32 +532,45 @@ class _TorchLayout(NamedTuple):
   state_type: type
   required: frozenset[str]
   optional: frozenset[str]
+  group_keys: frozenset[str]
 
 
 _LAYOUTS = (
     _TorchLayout("torch_optimizer.DiffGrad", ScaleByDiffGradState,
                  frozenset({"step", "exp_avg", "exp_avg_sq", "previous_grad"}),
-                 frozenset()),
+                 frozenset(), frozenset({"betas", "eps", "weight_decay"})),
     _TorchLayout("torch.optim.Adam", optax.ScaleByAdamState,
-                 frozenset({"step", "exp_avg", "exp_avg_sq"}), frozenset()),
+                 frozenset({"step", "exp_avg", "exp_avg_sq"}), frozenset(),
+                 frozenset({"betas", "eps", "amsgrad"})),
     _TorchLayout("torch.optim.SGD", optax.TraceState,
-                 frozenset({"momentum_buffer"}), frozenset()),
+                 frozenset({"momentum_buffer"}), frozenset(),
+                 frozenset({"momentum", "dampening", "nesterov"})),
     _TorchLayout("expectigrad.pytorch.Expectigrad", ScaleByExpectigradState,
-                 frozenset({"step", "sum"}),
-                 frozenset({"counter", "momentum"})),
+                 frozenset({"step", "sum"}), frozenset({"counter", "momentum"}),
+                 frozenset({"beta", "eps", "sparse_counter"})),
 )
 
 
-def _layout_of(keys: set[str]) -> _TorchLayout:
+def _check_state_dict(state_dict):
+  if not isinstance(state_dict, dict) or set(state_dict) != {
+      "state", "param_groups"}:
+    raise ValueError("Not a torch optimizer state_dict: expected the keys "
+                     "'state' and 'param_groups'.")
+
+
+def _layout_of(keys: set[str], groups: list[dict[str, Any]]) -> _TorchLayout:
+  """The layout of a state with per-parameter `keys` and these `groups`."""
   for layout in _LAYOUTS:
-    if layout.required <= keys <= layout.required | layout.optional:
+    if (layout.required <= keys <= layout.required | layout.optional
+        and all(layout.group_keys <= set(group) for group in groups)):
       return layout
   known = "; ".join(
       f"{layout.name}: {sorted(layout.required | layout.optional)}"
       for layout in _LAYOUTS)
   raise ValueError(
-      f"Unrecognised torch optimizer state with keys {sorted(keys)}. Known "
-      f"layouts: {known}.")
+      f"Unrecognised torch optimizer state with keys {sorted(keys)} and "
+      f"group options {sorted(set().union(*groups))}. Known state keys: "
+      f"{known}.")
 
 
 def _check_torch_options(layout, groups):
@@ -573,7 +593,7 @@ def import_torch_state(
   ==================================  =====================================
   torch optimizer                     optax state that receives it
   ==================================  =====================================
-  ``torch.optim.Adam``                ``optax.ScaleByAdamState`` (optax.adam)
+  ``torch.optim.Adam`` (or AdamW)     ``optax.ScaleByAdamState`` (optax.adam)
   ``torch.optim.SGD`` (momentum)      ``optax.TraceState`` (optax.sgd)
   ``torch_optimizer.DiffGrad``        `optax_extras.ScaleByDiffGradState`
   ``expectigrad.pytorch.Expectigrad`` `optax_extras.ScaleByExpectigradState`
@@ -584,7 +604,8 @@ def import_torch_state(
   everything else keeps its initial value (schedules restart: torch keeps
   them in its LR scheduler). The hyperparameters are not read: build `tx`
   with those of the torch optimizer (``optax.adam(lr, b1, b2, eps)`` matches
-  ``torch.optim.Adam(lr, (b1, b2), eps)``; ``optax.sgd(lr, momentum,
+  ``torch.optim.Adam(lr, (b1, b2), eps)`` and ``optax.adamw`` ``AdamW``,
+  whose state is Adam's; ``optax.sgd(lr, momentum,
   nesterov)`` matches ``torch.optim.SGD`` with ``dampening=0``, whose first
   buffer ``g`` is optax's ``g + momentum * 0``).
 
@@ -607,10 +628,7 @@ def import_torch_state(
       states of the matching type, a mismatch in number of parameters,
       shapes or step counts, or torch options without optax twin.
   """
-  if not isinstance(state_dict, dict) or set(state_dict) != {
-      "state", "param_groups"}:
-    raise ValueError("Not a torch optimizer state_dict: expected the keys "
-                     "'state' and 'param_groups'.")
+  _check_state_dict(state_dict)
   leaves, treedef = jax.tree.flatten(params)
   indices = [k for group in state_dict["param_groups"]
              for k in group["params"]]
@@ -624,7 +642,7 @@ def import_torch_state(
   if not present:
     return opt_state
   keys = set().union(*(s.keys() for s in present))
-  layout = _layout_of(keys)
+  layout = _layout_of(keys, state_dict["param_groups"])
   _check_torch_options(layout, state_dict["param_groups"])
 
   def is_target(x):

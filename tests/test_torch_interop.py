@@ -296,14 +296,30 @@ def test_import_maps_every_expectigrad_field():
                                 torch_state["momentum"].numpy())
 
 
-def test_load_torch_state_continues_in_optax_optimizer():
+def test_import_rejects_a_different_sparse_counter():
+  pytest.importorskip("expectigrad.pytorch")
+  w = torch.nn.Parameter(torch.ones(3))
+  opt = _expectigrad([w], 1e-2)
+  w.grad = torch.ones(3)
+  opt.step()
+  with pytest.raises(ValueError, match="sparse_counter differs"):
+    import_torch_state(opt.state_dict(),
+                       optax_extras.expectigrad(sparse_counter=False),
+                       [jnp.ones(3)])
+
+
+def test_load_torch_state_continues_in_optax_optimizer_with_groups():
+  def groups(model):
+    return [{"params": model[0].parameters()},
+            {"params": model[2].parameters(), "lr": 3e-2}]
+
   straight = _mlp(torch.float64)
-  _train(straight, torch.optim.Adam(straight.parameters(), lr=1e-2), 20)
+  _train(straight, torch.optim.Adam(groups(straight), lr=1e-2), 20)
   half = _mlp(torch.float64)
-  torch_opt = torch.optim.Adam(half.parameters(), lr=1e-2)
+  torch_opt = torch.optim.Adam(groups(half), lr=1e-2)
   _train(half, torch_opt, 10)
   with jax.enable_x64(True):
-    opt = OptaxOptimizer(half.parameters(), optax.adam, lr=1e-2)
+    opt = OptaxOptimizer(groups(half), optax.adam, lr=1e-2)
     opt.load_torch_state(torch_opt.state_dict())
     _train(half, opt, 10, first=10)
   _assert_allclose(half, straight, rtol=1e-12)
@@ -492,6 +508,11 @@ def test_import_torch_state_rejects_mismatches():
     import_torch_state(adam.state_dict(), optax.adam(0.1), [jnp.ones((3, 2))])
   with pytest.raises(ValueError, match="1 parameters, params has 2"):
     import_torch_state(adam.state_dict(), optax.adam(0.1), params * 2)
+  adagrad = torch.optim.Adagrad([w])  # state {'step', 'sum'}, as Expectigrad
+  adagrad.step()
+  with pytest.raises(ValueError, match="Unrecognised"):
+    import_torch_state(adagrad.state_dict(),
+                       optax_extras.expectigrad(sparse_counter=False), params)
   sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9, dampening=0.5)
   sgd.step()
   with pytest.raises(ValueError, match="dampening"):
