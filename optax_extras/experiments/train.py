@@ -38,6 +38,8 @@ def batch_indices(num_examples: int, batch_size: int, epochs: int,
   incomplete batch of each epoch is dropped (train.py keeps it), so that every
   step has the same shape and the epoch compiles once.
   """
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1, got {epochs}")
   steps = num_examples // batch_size
   if steps == 0:
     raise ValueError(f"batch size {batch_size} is larger than the training "
@@ -191,7 +193,6 @@ class Experiment:
     steps = self.order.shape[1]
     batch_sha = hashlib.sha256()
     step_time = elapsed = 0.0
-    accuracy = math.nan
     start = time.perf_counter()
     bar = tqdm.tqdm(total=len(self.order), desc=label, unit="epoch",
                     disable=None if progress else True)
@@ -222,7 +223,7 @@ class Experiment:
     summary = dict(
         train_loss=rows[-1][4], valid_loss=valid_loss, valid_accuracy=accuracy,
         wall_time_s=elapsed, compile_time_s=compile_time,
-        steps_per_second=self.order[:, :, 0].size / step_time,
+        steps_per_second=len(self.order) * steps / step_time,
         final_learning_rate=rows[-1][6])
     return Result(label, rows, summary, batch_sha.hexdigest(),
                   _digest(jax.tree.leaves(self.init_params)))
