@@ -11,10 +11,10 @@ import pytest
 import optax_extras
 
 torch = pytest.importorskip("torch")
-from optax_extras.torch import import_torch_state  # pylint: disable=g-import-not-at-top
-from optax_extras.torch import OptaxOptimizer  # pylint: disable=g-import-not-at-top
-from optax_extras.torch import to_jax  # pylint: disable=g-import-not-at-top
-from optax_extras.torch import to_torch  # pylint: disable=g-import-not-at-top
+from optax_extras.torch import import_torch_state
+from optax_extras.torch import OptaxOptimizer
+from optax_extras.torch import to_jax
+from optax_extras.torch import to_torch
 
 
 def _diffgrad(params, lr):
