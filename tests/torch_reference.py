@@ -9,7 +9,7 @@ Every parity case runs the same problem on both sides: a fixed smooth
 nonconvex function of the parameters whose gradient is evaluated with numpy
 for torch and with jax.numpy for JAX. Without torch (or with
 ``OPTAX_EXTRAS_USE_GOLDEN=1``) the torch side is read from
-``golden/reference.npz``, written by ``golden/make_golden.py``.
+``golden/torch_reference.npz``, written by ``golden/make_golden.py``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ import os
 import pathlib
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import optax_extras
 
 try:
   import torch
 except ImportError:
   torch = None
 
-GOLDEN_PATH = pathlib.Path(__file__).parent / "golden" / "reference.npz"
+GOLDEN_PATH = pathlib.Path(__file__).parent / "golden" / "torch_reference.npz"
 STEPS = 200
 CHECKPOINTS = (1, 2, 10, 50, 200)
 DTYPES = ("float64", "float32")
@@ -443,10 +447,6 @@ def run_jax(tx, case: Case, dtype: str) -> dict[str, np.ndarray]:
   """Runs `case` with the optax transformation `tx` (jitted `lax.scan`);
   returns the same record as `run_torch`. Call under the x64 setting that
   matches `dtype`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
   params = [jnp.asarray(x) for x in initial_params(case.problem, dtype)]
   assert all(p.dtype == np.dtype(dtype) for p in params), "x64 mismatch"
 
@@ -476,9 +476,6 @@ def run_jax(tx, case: Case, dtype: str) -> dict[str, np.ndarray]:
 def parity_runs(name: str, dtype: str) -> tuple[str, dict, dict]:
   """(source, torch record, JAX record) of case `name`; the JAX side runs
   `optax_extras.<algo>(**hparams)` with x64 on for float64, off for float32."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax_extras  # pylint: disable=g-import-not-at-top
-
   case = CASES[name]
   source, reference = reference_trajectory(name, dtype)
   with jax.enable_x64(dtype == "float64"):

@@ -1,4 +1,4 @@
-"""Writes golden/reference.npz: the torch side of every parity case.
+"""Writes golden/torch_reference.npz: the torch side of every parity case.
 
 Run from the repository root with torch, torch-optimizer and expectigrad
 installed::
@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_reference
 
 
 def main():
