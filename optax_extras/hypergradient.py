@@ -12,10 +12,12 @@ The learning rate is updated *before* it is used in the current step::
   alpha_t = alpha_{t-1} + hypergrad_lr * h_t
   params <- params - alpha_t * u_t
 
-``h_t`` is one dot product over *all* parameters, as in the paper. The
-reference code updates the rate inside its per-tensor loop (tensor i sees
+``h_t`` is one dot product over *all* parameters, as in the paper and in the
+reference SGDHD (which flattens all parameters into one vector). The
+reference AdamHD updates the rate inside its per-tensor loop (tensor i sees
 ``alpha + hypergrad_lr * (h_1 + ... + h_i)``), an artifact of the code, not
-of the paper; both agree exactly for a model with a single tensor.
+of the paper; `adam_hd` agrees with it exactly for a model with a single
+tensor.
 
 The learned rate is the state field ``learning_rate``:
 ``optax.tree.get(state, "learning_rate")`` reads it, inside `optax.chain` too.
@@ -116,9 +118,8 @@ def sgd_hd(
 ) -> optax.GradientTransformation:
   r"""SGD (SGD-HD), momentum or Nesterov (SGDN-HD) with a learned rate.
 
-  Numerically `hypergrad.SGDHD` (see the module docstring for the one
-  difference with several tensors). With ``g_t = grad + weight_decay * params``
-  (coupled L2)::
+  Numerically `hypergrad.SGDHD`, for any number of tensors. With
+  ``g_t = grad + weight_decay * params`` (coupled L2)::
 
     h_t     = <g_t, u_{t-1}>                      (u_0 = 0)
     alpha_t = alpha_{t-1} + hypergrad_lr * h_t
