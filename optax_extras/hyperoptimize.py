@@ -200,8 +200,10 @@ def hyperoptimize(
     the last step and the last gradient), so the state is that optimizer's
     plus one params-sized tree (plus the previous params when its update
     needs them, e.g. decoupled weight decay: detected at ``init`` by trying
-    the update without params). Compute: one extra evaluation of the update
-    rule and its VJP per step; the model is never touched.
+    the update without params). Storing the tangents ``d u_{t-1} / dh``
+    instead would cost one params-sized tree per learned scalar. Compute: one
+    extra evaluation of the update rule and its VJP per step (skipped by a
+    `jax.lax.cond` on the first step); the model is never touched.
   * A hypergradient that is not finite skips the hyper-update for that step:
     the stored hyperparameters and the hyper-level state are kept, and the
     optimizer below steps with them. A non-finite *gradient* still reaches
@@ -377,14 +379,20 @@ def hyperoptimize(
       return inner_update(raw, state.prev_grad, state.prev_inner_state,
                           state.prev_params)
 
-    previous, vjp_fn, recomputed = jax.vjp(
-        previous_update, state.raw_hyperparams, has_aux=True)
-    cotangent = jax.tree.map(lambda g, u: g.astype(u.dtype), updates, previous)
-    (hypergrad,) = vjp_fn(cotangent)
-    hypergrad = jax.tree.map(lambda h: jnp.where(first_step, 0, h), hypergrad)
-    inner_state = jax.tree.map(
-        lambda old, new: jnp.where(first_step, old, new),
-        state.prev_inner_state, recomputed)
+    def hypergradient_and_state():
+      previous, vjp_fn, recomputed = jax.vjp(
+          previous_update, state.raw_hyperparams, has_aux=True)
+      cotangent = jax.tree.map(lambda g, u: g.astype(u.dtype), updates,
+                               previous)
+      (hypergrad,) = vjp_fn(cotangent)
+      return hypergrad, recomputed
+
+    def first():
+      return (jax.tree.map(jnp.zeros_like, state.raw_hyperparams),
+              state.prev_inner_state)
+
+    hypergrad, inner_state = jax.lax.cond(first_step, first,
+                                          hypergradient_and_state)
 
     hyper_updates, hyper_state = hyper_optimizer.update(
         hypergrad, state.hyper_state, state.raw_hyperparams)

@@ -1,0 +1,191 @@
+"""Cost of a hyperoptimizer stack: optax_extras vs optax.adam vs torch gdtuo.
+
+One training step of a 784-1024-10 tanh MLP (gdtuo's README model, wider),
+batch 256, float32, CPU: loss, gradient and optimizer update.
+
+* JAX: plain ``optax.adam(1e-3)`` vs ``optax_extras.gdtuo.Adam(optimizer=
+  optax_extras.gdtuo.SGD(1e-5))`` (alpha, beta1, beta2 learned), each one
+  jitted step with donated params and state; optimizer state bytes too.
+* torch (same thread count): ``torch.optim.Adam`` vs gdtuo's
+  ``Adam(optimizer=SGD(1e-5))`` through its ModuleWrapper, as its README does.
+
+Run: ``python benchmarks/bench_hyperoptimize.py`` (writes
+benchmarks/results/hyperoptimize.md). Times are medians over repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_extras import gdtuo
+
+SIZES = (784, 1024, 10)
+BATCH = 256
+WARMUP = 5
+STEPS = 20
+REPEATS = 7
+RESULTS = pathlib.Path(__file__).parent / "results" / "hyperoptimize.md"
+
+
+def median_step_seconds(runners: dict) -> dict[str, float]:
+  """Median over REPEATS of the mean time of STEPS steps, per runner.
+
+  The runners take turns within each repeat, so load from other processes
+  hits all of them alike.
+  """
+  for run_steps in runners.values():
+    run_steps(WARMUP)
+  times = {name: [] for name in runners}
+  for _ in range(REPEATS):
+    for name, run_steps in runners.items():
+      start = time.perf_counter()
+      run_steps(STEPS)
+      times[name].append((time.perf_counter() - start) / STEPS)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def jax_loss(params, x, y):
+  h = jnp.tanh(x @ params["w1"] + params["b1"])
+  logits = jnp.tanh(h @ params["w2"] + params["b2"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def bench_jax(tx, data):
+  x, y, init = data
+  params = {k: jnp.asarray(v) for k, v in init.items()}
+  state = tx.init(params)
+  state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+
+  def step(params, state):
+    grads = jax.grad(jax_loss)(params, x, y)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  carry = [params, state]
+
+  def run(n):
+    for _ in range(n):
+      carry[:] = step(*carry)
+    jax.block_until_ready(carry)
+
+  return run, state_bytes
+
+
+def bench_torch(make_optimizer, data, threads):
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  from gradient_descent_the_ultimate_optimizer import gdtuo as torch_gdtuo  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(threads)
+  x, y = (torch.from_numpy(np.asarray(a)) for a in data[:2])
+  init = data[2]
+  model = torch.nn.Sequential(torch.nn.Linear(*SIZES[:2]), torch.nn.Tanh(),
+                              torch.nn.Linear(*SIZES[1:]), torch.nn.Tanh())
+  with torch.no_grad():
+    model[0].weight.copy_(torch.from_numpy(init["w1"].T))
+    model[0].bias.copy_(torch.from_numpy(init["b1"]))
+    model[2].weight.copy_(torch.from_numpy(init["w2"].T))
+    model[2].bias.copy_(torch.from_numpy(init["b2"]))
+
+  if make_optimizer is None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run(n):
+      for _ in range(n):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+  else:
+    mw = torch_gdtuo.ModuleWrapper(model, optimizer=make_optimizer(torch_gdtuo))
+    mw.initialize()
+
+    def run(n):
+      for _ in range(n):
+        mw.begin()
+        loss = F.cross_entropy(mw.forward(x), y)
+        mw.zero_grad()
+        loss.backward(create_graph=True)
+        mw.step()
+
+  return run
+
+
+def main() -> None:
+  threads = os.cpu_count()
+  rng = np.random.default_rng(0)
+  init = {
+      "w1": (rng.uniform(-1, 1, SIZES[:2]) / np.sqrt(SIZES[0])).astype(
+          np.float32),
+      "b1": np.zeros(SIZES[1], np.float32),
+      "w2": (rng.uniform(-1, 1, SIZES[1:]) / np.sqrt(SIZES[1])).astype(
+          np.float32),
+      "b2": np.zeros(SIZES[2], np.float32),
+  }
+  data = (rng.standard_normal((BATCH, SIZES[0])).astype(np.float32),
+          rng.integers(0, SIZES[2], BATCH), init)
+
+  runners = {}
+  runners["adam"], adam_bytes = bench_jax(optax.adam(1e-3), data)
+  runners["stack"], stack_bytes = bench_jax(
+      gdtuo.Adam(optimizer=gdtuo.SGD(1e-5)), data)
+  runners["lr_stack"], lr_stack_bytes = bench_jax(
+      gdtuo.AdamBaydin(optimizer=gdtuo.SGD(1e-5)), data)
+  try:
+    runners["torch_adam"] = bench_torch(None, data, threads)
+    runners["torch_stack"] = bench_torch(
+        lambda g: g.Adam(optimizer=g.SGD(1e-5)), data, threads)
+  except ImportError:
+    pass
+  seconds = median_step_seconds(runners)
+  adam_s, stack_s = seconds["adam"], seconds["stack"]
+  torch_adam_s = seconds.get("torch_adam", float("nan"))
+  torch_stack_s = seconds.get("torch_stack", float("nan"))
+
+  ms = lambda s: f"{s * 1e3:.2f} ms"
+  lines = [
+      "# Hyperoptimizer stack cost",
+      "",
+      f"Machine: {platform.platform()}, {platform.processor() or 'cpu'}, "
+      f"{threads} CPUs (torch threads: {threads}); jax {jax.__version__}, "
+      f"optax {optax.__version__}.",
+      f"Step of a {'-'.join(map(str, SIZES))} MLP, batch {BATCH}, float32, "
+      f"CPU: median over {REPEATS} runs of {STEPS} steps. Command: "
+      "`python benchmarks/bench_hyperoptimize.py`.",
+      "",
+      "| implementation | step | vs optax.adam | optimizer state |",
+      "| --- | --- | --- | --- |",
+      f"| optax.adam | {ms(adam_s)} | 1.00x | {adam_bytes / 2**20:.2f} MiB |",
+      f"| optax_extras.gdtuo.Adam(optimizer=SGD(1e-5)) | {ms(stack_s)} | "
+      f"{stack_s / adam_s:.2f}x | {stack_bytes / 2**20:.2f} MiB "
+      f"({stack_bytes / adam_bytes:.2f}x) |",
+      f"| optax_extras.gdtuo.AdamBaydin(optimizer=SGD(1e-5)) (alpha only) | "
+      f"{ms(seconds['lr_stack'])} | {seconds['lr_stack'] / adam_s:.2f}x | "
+      f"{lr_stack_bytes / 2**20:.2f} MiB "
+      f"({lr_stack_bytes / adam_bytes:.2f}x) |",
+      f"| torch.optim.Adam | {ms(torch_adam_s)} | "
+      f"{torch_adam_s / adam_s:.2f}x | |",
+      f"| torch gdtuo Adam(optimizer=SGD(1e-5)) | {ms(torch_stack_s)} | "
+      f"{torch_stack_s / adam_s:.2f}x | |",
+      "",
+      f"gdtuo stack / optax_extras stack: {torch_stack_s / stack_s:.2f}x.",
+      "",
+  ]
+  text = "\n".join(lines)
+  print(text)
+  RESULTS.parent.mkdir(parents=True, exist_ok=True)
+  RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+  main()
