@@ -94,8 +94,13 @@ def add_coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
 def with_coupled_weight_decay(
     weight_decay: Any, transformation: optax.GradientTransformation
 ) -> optax.GradientTransformation:
-  """`transformation` after `add_coupled_weight_decay`, unless the decay is a
-  concrete zero (then `update` needs no params)."""
-  if _checks.concrete_value(weight_decay) == 0.0:
+  """`transformation` after `add_coupled_weight_decay`.
+
+  A Python zero leaves the decay out (then `update` needs no params). An
+  array, even a zero one, keeps it: `optax.inject_hyperparams` calls the
+  factory with a concrete array in `init` and a traced one in `update`, and
+  both must build the same state structure.
+  """
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
     return transformation
   return optax.chain(add_coupled_weight_decay(weight_decay), transformation)

@@ -124,9 +124,10 @@ def diffgrad(
 
   ``weight_decay`` is coupled L2 as in the reference: it is added to the
   gradient, so it enters the moments and the friction term (the stored
-  previous gradient is the decayed one). A nonzero (or traced) weight decay
-  needs ``params`` in ``update``. Under `optax.inject_hyperparams` pass
-  ``static_args=("weight_decay",)`` to keep a zero decay out of the chain.
+  previous gradient is the decayed one). Any weight decay but a Python zero
+  (an array, e.g. under `optax.inject_hyperparams`) needs ``params`` in
+  ``update``; pass ``static_args=("weight_decay",)`` to inject_hyperparams to
+  keep a zero decay out of the chain.
   For decoupled decay chain `optax.add_decayed_weights` instead.
 
   Unlike the reference, ``learning_rate=0`` is allowed (as in optax) and may

@@ -245,6 +245,16 @@ def test_inject_hyperparams_with_static_zero_weight_decay_needs_no_params(
   _assert_close(params, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", WEIGHT_DECAYED)
+def test_injected_zero_weight_decay_keeps_state_structure_under_jit(name):
+  factory, kwargs = OPTIMIZERS[name]
+  tx = optax.inject_hyperparams(factory)(**{**kwargs, "weight_decay": 0.0})
+  params = _params()
+  state = tx.init(params)
+  _, new_state = jax.jit(tx.update)(_grads(params), state, params)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_multisteps_equals_one_step_on_the_mean_gradient(name):
   every = 3
