@@ -1,5 +1,10 @@
-"""optax-extras: extra optax gradient transformations for JAX."""
+"""optax-extras: extra optax gradient transformations for JAX.
 
+PyTorch interop lives in `optax_extras.torch` (it imports torch); the
+`optax-extras compare` command in `optax_extras.experiments`.
+"""
+
+from optax_extras import gdtuo
 from optax_extras.diffgrad import diffgrad
 from optax_extras.diffgrad import scale_by_diffgrad
 from optax_extras.diffgrad import ScaleByDiffGradState
@@ -10,6 +15,10 @@ from optax_extras.hypergradient import adam_hd
 from optax_extras.hypergradient import AdamHDState
 from optax_extras.hypergradient import sgd_hd
 from optax_extras.hypergradient import SGDHDState
+from optax_extras.hyperoptimize import hyperoptimize
+from optax_extras.hyperoptimize import HyperoptimizeState
+from optax_extras.hyperoptimize import hyperparameters
+from optax_extras.hyperoptimize import Learned
 
 __version__ = "0.1.0"
 
@@ -18,6 +27,11 @@ __all__ = (
     "AdamHDState",
     "diffgrad",
     "expectigrad",
+    "gdtuo",
+    "hyperoptimize",
+    "HyperoptimizeState",
+    "hyperparameters",
+    "Learned",
     "scale_by_diffgrad",
     "scale_by_expectigrad",
     "ScaleByDiffGradState",
