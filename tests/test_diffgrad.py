@@ -12,16 +12,12 @@ import pytest
 
 import torch_reference
 from torch_reference import DTYPES
-from torch_reference import TOLERANCE
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", torch_reference.cases_for("diffgrad"))
 def test_params_match_torch_optimizer_diffgrad(name, dtype):
-  source, reference, actual = torch_reference.parity_runs(name, dtype)
-  for key in reference.keys() - {"lr"}:
-    diff = torch_reference.max_relative_difference(actual[key], reference[key])
-    assert diff <= TOLERANCE[dtype], f"{key} ({source}): {diff:.2e}"
+  torch_reference.assert_params_match(name, dtype)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import pytest
 import torch_reference
 from torch_reference import CASES
 from torch_reference import DTYPES
-from torch_reference import TOLERANCE
 
 SGD_HD_CASES = torch_reference.cases_for("sgd_hd")
 # AdamHD updates the rate inside its per-tensor loop: exact only for one tensor.
@@ -25,56 +24,43 @@ ADAM_HD_GLOBAL_DOT_CASES = [name for name in torch_reference.cases_for("adam_hd"
                             if CASES[name].reference == "global_dot"]
 
 
-def _assert_params_match(name, dtype):
-  source, reference, actual = torch_reference.parity_runs(name, dtype)
-  for key in reference.keys() - {"lr"}:
-    diff = torch_reference.max_relative_difference(actual[key], reference[key])
-    assert diff <= TOLERANCE[dtype], f"{key} ({source}): {diff:.2e}"
-
-
-def _assert_rates_match(name, dtype):
-  source, reference, actual = torch_reference.parity_runs(name, dtype)
-  diff = torch_reference.max_relative_difference(actual["lr"], reference["lr"])
-  assert diff <= TOLERANCE[dtype], f"lr ({source}): {diff:.2e}"
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", SGD_HD_CASES)
 def test_sgd_hd_params_match_reference_sgdhd(name, dtype):
-  _assert_params_match(name, dtype)
+  torch_reference.assert_params_match(name, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", SGD_HD_CASES)
 def test_sgd_hd_learned_rate_matches_reference_sgdhd(name, dtype):
-  _assert_rates_match(name, dtype)
+  torch_reference.assert_rates_match(name, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ADAM_HD_CASES)
 def test_adam_hd_single_tensor_params_match_reference_adamhd(name, dtype):
-  _assert_params_match(name, dtype)
+  torch_reference.assert_params_match(name, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ADAM_HD_CASES)
 def test_adam_hd_single_tensor_learned_rate_matches_reference_adamhd(
     name, dtype):
-  _assert_rates_match(name, dtype)
+  torch_reference.assert_rates_match(name, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ADAM_HD_GLOBAL_DOT_CASES)
 def test_adam_hd_multi_tensor_params_match_torch_global_dot_adamhd(
     name, dtype):
-  _assert_params_match(name, dtype)
+  torch_reference.assert_params_match(name, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ADAM_HD_GLOBAL_DOT_CASES)
 def test_adam_hd_multi_tensor_learned_rate_matches_torch_global_dot_adamhd(
     name, dtype):
-  _assert_rates_match(name, dtype)
+  torch_reference.assert_rates_match(name, dtype)
 
 
 # ------------------------------------------------------------- learned rate

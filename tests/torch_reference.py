@@ -487,6 +487,21 @@ def parity_runs(name: str, dtype: str) -> tuple[str, dict, dict]:
   return source, reference, actual
 
 
+def assert_params_match(name: str, dtype: str) -> None:
+  """Every parameter of case `name` within TOLERANCE of the torch reference."""
+  source, reference, actual = parity_runs(name, dtype)
+  for key in reference.keys() - {"lr"}:
+    diff = max_relative_difference(actual[key], reference[key])
+    assert diff <= TOLERANCE[dtype], f"{key} ({source}): {diff:.2e}"
+
+
+def assert_rates_match(name: str, dtype: str) -> None:
+  """The learned rate of case `name`, every step, within TOLERANCE."""
+  source, reference, actual = parity_runs(name, dtype)
+  diff = max_relative_difference(actual["lr"], reference["lr"])
+  assert diff <= TOLERANCE[dtype], f"lr ({source}): {diff:.2e}"
+
+
 def max_relative_difference(actual, reference) -> float:
   """max |a - b| / max(|b|, tiny) over all elements."""
   actual = np.asarray(actual, np.float64)
