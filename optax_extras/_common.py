@@ -52,6 +52,22 @@ def tree_vdot(tree_a: Any, tree_b: Any, dtype: jnp.dtype) -> jax.Array:
   return sum(jax.tree.leaves(products), jnp.zeros([], dtype))
 
 
+def ordered_after(value: jax.Array, new: Any, old: Any) -> Any:
+  """`new` unchanged, but computed after `value` in XLA's schedule.
+
+  When one fusion reads a donated state buffer (say a reduction over the old
+  moments) and another, not ordered after it, writes the new state into that
+  buffer in place, XLA copies the whole buffer first. Selecting `new` on
+  ``value * 0 > 1`` (False for every value, NaN and infinities included)
+  makes the write depend on `value`, so no copy is needed. `old` is the tree
+  `new` replaces (same structure); it is never selected.
+  """
+  never = value * 0 > 1
+  return jax.tree.map(
+      lambda n, o: jax.lax.select(jnp.broadcast_to(never, n.shape), o, n),
+      new, old)
+
+
 class CoupledWeightDecayState(NamedTuple):
   """add_coupled_weight_decay keeps no state."""
 

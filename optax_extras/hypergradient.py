@@ -186,6 +186,8 @@ def sgd_hd(
 
     if nesterov:
       buffer = jax.tree.map(momentum_step, updates, state.momentum_buffer)
+      buffer = _common.ordered_after(hypergradient, buffer,
+                                     state.momentum_buffer)
       direction = jax.tree.map(
           lambda g, b: (g + momentum * b).astype(g.dtype), updates, buffer)
     else:
@@ -193,6 +195,8 @@ def sgd_hd(
       direction = jax.tree.map(
           lambda g, b: jnp.where(momentum == 0, g, momentum_step(g, b)),
           updates, state.prev_direction)
+    direction = _common.ordered_after(hypergradient, direction,
+                                      state.prev_direction)
     new_updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype),
                                direction)
     return new_updates, SGDHDState(
@@ -281,6 +285,8 @@ def adam_hd(
     count = optax.safe_increment(state.count)
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    mu, nu = _common.ordered_after(hypergradient, (mu, nu),
+                                   (state.mu, state.nu))
     step_size = rate * step_scale(count).astype(rate_dtype)
     new_updates = jax.tree.map(
         lambda m, v: (-step_size * (m / (jnp.sqrt(v) + eps))).astype(m.dtype),
