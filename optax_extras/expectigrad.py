@@ -38,7 +38,6 @@ class ScaleByExpectigradState(NamedTuple):
 def scale_by_expectigrad(
     beta: float = 0.9,
     eps: float = 1e-8,
-    *,
     sparse_counter: bool = True,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Expectigrad's arithmetic RMS, then outer momentum.
@@ -130,7 +129,6 @@ def expectigrad(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     beta: float = 0.9,
     eps: float = 1e-8,
-    *,
     sparse_counter: bool = True,
 ) -> optax.GradientTransformation:
   r"""Expectigrad optimizer, numerically `expectigrad.pytorch.Expectigrad`.
