@@ -157,9 +157,11 @@ def _adam(alpha, beta1, beta2, eps):
                      grads)
 
     def step(m, v):
+      # Bias corrections as scalar reciprocals: a product per element instead
+      # of a division (also in the tangents `hyperoptimize` takes).
       t = count.astype(m.dtype)
-      m_hat = m / (1.0 - beta1**t)
-      v_hat = v / (1.0 - beta2**t)
+      m_hat = m * (1.0 / (1.0 - beta1**t))
+      v_hat = v * (1.0 / (1.0 - beta2**t))
       return -(alpha * (m_hat / (jnp.sqrt(v_hat) + eps)))
 
     return jax.tree.map(step, m, v), AdamState(count, m, v)
