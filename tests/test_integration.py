@@ -1,4 +1,4 @@
-"""The seed optimizers in the places users put them: donated buffers, eight
+"""The optimizers in the places users put them: donated buffers, eight
 sharded devices, orbax checkpoints and a Flax NNX training step."""
 
 import jax
@@ -18,6 +18,13 @@ OPTIMIZERS = {
     "sgd_hd": lambda: optax_extras.sgd_hd(
         1e-2, hypergrad_lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adam_hd": lambda: optax_extras.adam_hd(1e-2, hypergrad_lr=1e-5),
+    "gdtuo_adam_sgd": lambda: optax_extras.gdtuo.Adam(
+        alpha=1e-2, optimizer=optax_extras.gdtuo.SGD(1e-5)),
+    "hyperoptimize_diffgrad": lambda: optax_extras.hyperoptimize(
+        optax_extras.diffgrad,
+        learned={"learning_rate": optax_extras.Learned(1e-2, "log"),
+                 "b1": optax_extras.Learned(0.9, "unit_interval")},
+        hyper_optimizer=optax.adam(1e-3)),
 }
 
 
