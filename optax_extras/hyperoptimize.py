@@ -7,7 +7,7 @@ its constructors, built on this module).
 
 With ``theta_t = theta_{t-1} + u_{t-1}(h)`` the update of the optimizer below
 made with its hyperparameters ``h``, the hypergradient at step ``t`` is the
-one-step vector-Jacobian product::
+one-step product::
 
   dL(theta_t)/dh = <grad L(theta_t), d u_{t-1}(h) / dh>
 
@@ -172,7 +172,13 @@ def _checked_spec(name: str, spec: Any) -> Learned:
 
 
 def _contract(grad: chex.Array, *tangents: chex.Array) -> chex.Array:
-  """``[<grad, t> for t in tangents]`` as one (k,) array, in one reduction."""
+  """``[<grad, t> for t in tangents]`` as one (k,) array, in one reduction.
+
+  Stacking makes XLA emit one elementwise pass for all k tangents and one
+  reduction (separate ``sum``s each become their own pass). Large leaves are
+  stacked as (n / 128, k, 128): blocks of the k rows side by side, reduced
+  over both outer axes, measured a little faster than (k, n) on XLA:CPU.
+  """
   grad = grad.astype(tangents[0].dtype)
   lanes = 128
   if grad.size >= 32 * lanes and grad.size % lanes == 0:
@@ -204,17 +210,29 @@ def hyperoptimize(
 
   Semantic choices:
 
-  * The VJP is exact and first order: the previous update is re-evaluated
-    from the stored previous state and gradient, and differentiated only
-    with respect to the hyperparameters (``jax.vjp``), never through the model.
+  * The hypergradient is exact and first order: the previous update is
+    re-evaluated from the stored previous state and gradient, and
+    differentiated only with respect to the hyperparameters, never through
+    the model. It is taken in forward mode: one ``jax.jvp`` per learned name
+    (a ``per_leaf`` name needs one for all its leaves, since each leaf's
+    update depends only on its own value), the k tangents stacked and
+    contracted with the gradient in one reduction. Why not ``jax.vjp``: on
+    XLA:CPU its transpose turns every use of a broadcast scalar into its own
+    full reduction (seven for Adam's three hyperparameters), each a separate
+    pass over the params that also materializes the shared intermediates;
+    the tangents are one elementwise pass and one reduction (see
+    benchmarks/results/hyperoptimize.md). Cost: about one evaluation of the
+    rule per learned name (shared subexpressions are recomputed per tangent).
   * Memory: the optimizer below is stored one step behind (its state before
     the last step and the last gradient), so the state is that optimizer's
     plus one params-sized tree (plus the previous params when its update
     needs them, e.g. decoupled weight decay: detected at ``init`` by trying
     the update without params). Storing the tangents ``d u_{t-1} / dh``
-    instead would cost one params-sized tree per learned scalar. Compute: one
-    extra evaluation of the update rule and its VJP per step (skipped by a
-    `jax.lax.cond` on the first step); the model is never touched.
+    instead would cost one params-sized tree per learned scalar. Compute per
+    step: the tangents above, one recomputation of the optimizer's previous
+    state, and its update; the model is never touched. The first step
+    computes a hypergradient too and discards it (a select, not a
+    `jax.lax.cond`, whose branches XLA cannot fuse with the rest).
   * A hypergradient that is not finite skips the hyper-update for that step:
     the stored hyperparameters and the hyper-level state are kept, and the
     optimizer below steps with them. A non-finite *gradient* still reaches
@@ -396,9 +414,8 @@ def hyperoptimize(
       ones = jax.tree.map(jnp.ones_like, raw[name])
       return jax.jvp(previous_update, (raw[name],), (ones,))[1]
 
-    # One (k,) vector of <g, d u / d x_j> per leaf, all k in one pass: the
-    # tangents are stacked (each leaf of size n as (n / 128, k, 128) when
-    # possible) and reduced once. Costs one evaluation per tangent, no VJP.
+    # One (k,) vector of <g, d u / d x_j> per leaf: the k tangents are
+    # computed in one elementwise pass and reduced once (see `_contract`).
     contractions = jax.tree.map(_contract, updates,
                                 *[tangent(name) for name in names])
     hypergrad = {}
@@ -413,10 +430,12 @@ def hyperoptimize(
             raw[name].dtype)
 
     # The optimizer below's state after the last step (kept as it is on the
-    # first step). `late` is always False and the barrier keeps XLA from
-    # merging this recomputation with the tangents': both make the writes of
-    # the new state (in place, into donated buffers) come after every read
-    # of the old one, so XLA copies no state buffer.
+    # first step). `late` is always False (x * 0 > 1 is False for inf and nan
+    # too) but XLA cannot fold it; with the barrier (which keeps XLA from
+    # sharing this recomputation with the tangents) it orders the in-place
+    # writes of the new state into the donated buffers after every read of
+    # the old one, so XLA no longer copies the state first (it did: two full
+    # copies per Adam leaf). The stored gradient is still copied in.
     late = sum(jnp.sum(h) for h in jax.tree.leaves(hypergrad)) * 0.0 > 1.0
     prev_inner_state, prev_grad, prev_params = jax.lax.optimization_barrier(
         (state.prev_inner_state, state.prev_grad, state.prev_params))
