@@ -88,8 +88,13 @@ def scale_by_diffgrad(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    # The state keeps its dtypes when b1, b2 are traced float32 arrays and the
+    # params are bfloat16 (as in a hyperoptimizer).
+    mu = optax.tree.cast_like(
+        optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
+    nu = optax.tree.cast_like(
+        optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2),
+        state.nu)
     step_scale = jnp.sqrt(_common.bias_correction(b2, count)) / (
         _common.bias_correction(b1, count)
     )
@@ -100,7 +105,6 @@ def scale_by_diffgrad(
       return update.astype(g.dtype)
 
     new_updates = jax.tree.map(direction, updates, mu, nu, state.prev_grad)
-    mu = optax.tree.cast(mu, mu_dtype)
     prev_grad = jax.tree.map(lambda g, p: g.astype(p.dtype), updates,
                              state.prev_grad)
     return new_updates, ScaleByDiffGradState(count, mu, nu, prev_grad)

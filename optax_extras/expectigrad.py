@@ -115,7 +115,9 @@ def scale_by_expectigrad(
       counter = None
       steps = jax.tree.map(
           lambda g, s: normalized_step(g, s, count), updates, sum_sq)
-    momentum = optax.tree.update_moment(steps, state.momentum, beta, 1)
+    momentum = optax.tree.cast_like(
+        optax.tree.update_moment(steps, state.momentum, beta, 1),
+        state.momentum)
     inverse_correction = 1.0 / _common.bias_correction(beta, count)
     new_updates = jax.tree.map(
         lambda m: (inverse_correction * m).astype(m.dtype), momentum)

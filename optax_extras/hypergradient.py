@@ -283,8 +283,11 @@ def adam_hd(
     rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
                                hypergradient, hypergrad_lr)
     count = optax.safe_increment(state.count)
-    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    mu = optax.tree.cast_like(
+        optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
+    nu = optax.tree.cast_like(
+        optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2),
+        state.nu)
     mu, nu = _common.ordered_after(hypergradient, (mu, nu),
                                    (state.mu, state.nu))
     step_size = rate * step_scale(count).astype(rate_dtype)

@@ -363,8 +363,10 @@ def hyperoptimize(
               treedef.flatten_up_to(inner_state), leaf_params)]
       updates = treedef.unflatten([u for u, _ in results])
       new_state = treedef.unflatten([s for _, s in results])
+    # Traced hyperparameters (float32 at least) must not promote low-precision
+    # updates or state: both keep the dtypes they came with.
     updates = jax.tree.map(lambda u, g: u.astype(g.dtype), updates, grads)
-    return updates, new_state
+    return updates, optax.tree.cast_like(new_state, inner_state)
 
   def init_fn(params):
     hyperparams, raw = {}, {}

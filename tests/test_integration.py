@@ -168,3 +168,22 @@ def test_hypergradient_step_copies_no_donated_state_buffer(name):
   copied = [line for line in hlo.splitlines()
             if " copy(" in line and "[256" in line.split("copy(")[0]]
   assert not copied, copied
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_low_precision_params_keep_update_and_state_dtypes(name, dtype):
+  """Traced float32 hyperparameters (a hyper-level's) must not promote a
+  bfloat16/float16 step or state, or the second jitted step would retrace."""
+  tx = OPTIMIZERS[name]()
+  params = jax.tree.map(lambda x: x.astype(dtype), _params())
+  grads = jax.tree.map(lambda x: 0.5 * x, params)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  updates, new_state = update(grads, state, params)
+  updates, new_state = update(grads, new_state, params)
+  assert update._cache_size() == 1
+  assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+  assert [x.dtype for x in jax.tree.leaves(new_state)] == [
+      x.dtype for x in jax.tree.leaves(state)]
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
