@@ -37,6 +37,23 @@ def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
   return -jnp.expm1(count.astype(float_dtype) * log_decay)
 
 
+def adam_moments(updates: Any, mu: Any, nu: Any, b1: Any, b2: Any):
+  """Adam's moments ``b1 mu + (1 - b1) g`` and ``b2 nu + (1 - b2) g^2``.
+
+  The new moments keep the dtypes of the old, also when ``b1``, ``b2`` are
+  traced float32 arrays and the moments bfloat16 (in a hyperoptimizer).
+  """
+  new_mu = optax.tree.update_moment(updates, mu, b1, 1)
+  new_nu = optax.tree.update_moment_per_elem_norm(updates, nu, b2, 2)
+  return optax.tree.cast_like(new_mu, mu), optax.tree.cast_like(new_nu, nu)
+
+
+def adam_step_scale(b1: Any, b2: Any, count: jax.Array) -> jax.Array:
+  """``sqrt(1 - b2^t) / (1 - b1^t)``: the bias correction of an Adam step
+  whose eps is added to ``sqrt(v)`` before it (old torch Adam)."""
+  return jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
+
+
 def learned_rate_dtype(learning_rate: Any) -> jnp.dtype:
   """dtype of a learned learning rate: the rate's own, at least float32."""
   return jnp.promote_types(jnp.result_type(learning_rate), jnp.float32)

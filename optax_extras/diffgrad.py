@@ -88,16 +88,8 @@ def scale_by_diffgrad(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    # The state keeps its dtypes when b1, b2 are traced float32 arrays and the
-    # params are bfloat16 (as in a hyperoptimizer).
-    mu = optax.tree.cast_like(
-        optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
-    nu = optax.tree.cast_like(
-        optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2),
-        state.nu)
-    step_scale = jnp.sqrt(_common.bias_correction(b2, count)) / (
-        _common.bias_correction(b1, count)
-    )
+    mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
+    step_scale = _common.adam_step_scale(b1, b2, count)
 
     def direction(g, m, v, g_prev):
       friction = 1.0 / (1.0 + jnp.exp(-jnp.abs(g_prev - g)))

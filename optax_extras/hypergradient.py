@@ -256,10 +256,6 @@ def adam_hd(
   _checks.check_decay("b2", b2)
   _checks.check_nonnegative("eps", eps)
 
-  def step_scale(count):
-    return jnp.sqrt(_common.bias_correction(b2, count)) / (
-        _common.bias_correction(b1, count))
-
   def init_fn(params):
     return AdamHDState(
         count=jnp.zeros([], jnp.int32),
@@ -273,7 +269,8 @@ def adam_hd(
     rate_dtype = state.learning_rate.dtype
     prev_direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps),
                                   state.mu, state.nu)
-    prev_scale = step_scale(jnp.maximum(state.count, 1)).astype(rate_dtype)
+    prev_scale = _common.adam_step_scale(
+        b1, b2, jnp.maximum(state.count, 1)).astype(rate_dtype)
     # A select, not a product with 0: with eps = 0 the first direction is
     # 0 / 0, and the reference skips the hypergradient on the first step.
     hypergradient = jnp.where(
@@ -283,14 +280,11 @@ def adam_hd(
     rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
                                hypergradient, hypergrad_lr)
     count = optax.safe_increment(state.count)
-    mu = optax.tree.cast_like(
-        optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
-    nu = optax.tree.cast_like(
-        optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2),
-        state.nu)
+    mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
     mu, nu = _common.ordered_after(hypergradient, (mu, nu),
                                    (state.mu, state.nu))
-    step_size = rate * step_scale(count).astype(rate_dtype)
+    step_size = rate * _common.adam_step_scale(b1, b2, count).astype(
+        rate_dtype)
     new_updates = jax.tree.map(
         lambda m, v: (-step_size * (m / (jnp.sqrt(v) + eps))).astype(m.dtype),
         mu, nu)
