@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,29 +28,14 @@ import optax
 
 from optax_extras import gdtuo
 
+from timing import round_robin_medians
+
 SIZES = (784, 1024, 10)
 BATCH = 256
 WARMUP = 5
 STEPS = 20
 REPEATS = 11
 RESULTS = pathlib.Path(__file__).parent / "results" / "hyperoptimize.md"
-
-
-def median_step_seconds(runners: dict) -> dict[str, float]:
-  """Median over REPEATS of the mean time of STEPS steps, per runner.
-
-  The runners take turns within each repeat, so load from other processes
-  hits all of them alike.
-  """
-  for run_steps in runners.values():
-    run_steps(WARMUP)
-  times = {name: [] for name in runners}
-  for _ in range(REPEATS):
-    for name, run_steps in runners.items():
-      start = time.perf_counter()
-      run_steps(STEPS)
-      times[name].append((time.perf_counter() - start) / STEPS)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def jax_loss(params, x, y):
@@ -156,7 +139,7 @@ def main() -> None:
         lambda g: g.Adam(optimizer=g.SGD(1e-5)), data, threads)
   except ImportError:
     pass
-  seconds = median_step_seconds(runners)
+  seconds = round_robin_medians(runners, STEPS, REPEATS, WARMUP)
   adam_s, stack_s = seconds["adam"], seconds["stack"]
   torch_adam_s = seconds.get("torch_adam", float("nan"))
   torch_stack_s = seconds.get("torch_stack", float("nan"))

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,6 +24,8 @@ import numpy as np
 import optax
 
 import optax_extras
+
+from timing import round_robin_medians
 
 SHAPES = ((1024, 1024), (1024,), (64, 64, 16), ())
 
@@ -101,19 +101,6 @@ def make_torch_step(factory, arrays):
   return run
 
 
-def median_seconds(runs, steps, rounds):
-  """Median seconds per step of each run, timed round-robin."""
-  for run in runs.values():
-    run(2)
-  times = {name: [] for name in runs}
-  for _ in range(rounds):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      run(steps)
-      times[name].append((time.perf_counter() - start) / steps)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=10)
@@ -131,7 +118,7 @@ def main(argv=None):
   jax_runs, moved = {}, {}
   for name, tx in jax_candidates().items():
     jax_runs[name], moved[name] = make_jax_step(tx, params, grads)
-  jax_times = median_seconds(jax_runs, args.steps, args.rounds)
+  jax_times = round_robin_medians(jax_runs, args.steps, args.rounds)
 
   torch_runs = {}
   try:
@@ -141,7 +128,7 @@ def main(argv=None):
     pass
   for name, factory in torch_candidates().items():
     torch_runs[name] = make_torch_step(factory, arrays)
-  torch_times = median_seconds(torch_runs, args.steps, args.rounds)
+  torch_times = round_robin_medians(torch_runs, args.steps, args.rounds)
 
   elements = sum(a.size for a in arrays)
   lines = [
