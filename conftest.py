@@ -1,0 +1,7 @@
+"""Doctest collection: the torch interop module needs torch (an optional extra)."""
+
+import importlib.util
+
+collect_ignore = []
+if importlib.util.find_spec("torch") is None:
+  collect_ignore.append("optax_extras/torch.py")
