@@ -138,7 +138,7 @@ def main(argv=None):
       f"JAX {jax.__version__} ({jax.default_backend()}), "
       f"{elements:,} float32 parameters in {len(SHAPES)} leaves, "
       f"median of {args.rounds} rounds x {args.steps} steps, round-robin.",
-      f"Command: `python benchmarks/bench_optimizers.py`",
+      "Command: `python benchmarks/bench_optimizers.py`",
       "",
       "| JAX transformation | state bytes / params bytes | bytes moved / step "
       "| ms / step | GB/s | time / optax.adam |",

@@ -29,12 +29,8 @@ _spec = importlib.util.spec_from_file_location("make_gdtuo_golden", _SCRIPT)
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
-try:
-  import torch  # pylint: disable=unused-import
-  from gradient_descent_the_ultimate_optimizer import gdtuo as torch_gdtuo  # pylint: disable=unused-import
-  HAVE_GDTUO = True
-except ImportError:
-  HAVE_GDTUO = False
+HAVE_GDTUO = all(importlib.util.find_spec(name) is not None for name in (
+    "torch", "gradient_descent_the_ultimate_optimizer"))
 LIVE = HAVE_GDTUO and os.environ.get("OPTAX_EXTRAS_USE_GOLDEN") != "1"
 
 RTOL = 1e-9
