@@ -475,7 +475,9 @@ def hyperoptimize(
     new_updates, _ = inner_update(raw, updates, inner_state, params)
     return new_updates, HyperoptimizeState(
         count=optax.safe_increment(state.count),
-        hyperparams=natural(raw),
+        # A copy: in the identity space natural(raw) is raw itself, and no
+        # two state leaves may share a buffer (donation).
+        hyperparams=jax.tree.map(jnp.copy, natural(raw)),
         raw_hyperparams=raw,
         hyper_state=hyper_state,
         prev_inner_state=inner_state,

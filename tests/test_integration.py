@@ -66,7 +66,13 @@ def _assert_trees_equal(a, b):
 def test_state_leaves_do_not_share_buffers(name):
   tx = OPTIMIZERS[name]()
   params = _params()
-  for state in (tx.init(params), _train(tx, params, tx.init(params), 2)[1]):
+  def eager_step(params, state):
+    updates, state = tx.update(jax.grad(_loss)(params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  states = (tx.init(params), _train(tx, params, tx.init(params), 2)[1],
+            _train(tx, params, tx.init(params), 2, eager_step)[1])
+  for state in states:
     leaves = [x for x in jax.tree.leaves(state) if x.size]
     pointers = [x.unsafe_buffer_pointer() for x in leaves]
     assert len(set(pointers)) == len(pointers)
