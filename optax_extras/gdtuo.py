@@ -211,40 +211,44 @@ def SGD(  # pylint: disable=invalid-name
 
 
 def SGDPerParam(  # pylint: disable=invalid-name
-    params: Any,
+    alpha: Any,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   r"""gdtuo's SGDPerParam: ``p_i - alpha_i * g_i``, one alpha per leaf.
 
   Args:
-    params: the initial alphas: one float for every leaf, or a params-shaped
-      tree of floats (gdtuo takes ``(name, alpha)`` pairs: for params that
-      are a flat dict, ``dict(pairs)`` is that tree).
+    alpha: the initial alphas: one float for every leaf, a params-shaped tree
+      of floats, or gdtuo's own form, a list of ``(name, alpha)`` pairs (read
+      as ``dict(pairs)``, the tree of params that are a flat dict).
     optimizer: the level that learns the alphas; None: fixed.
 
   Returns:
     A `optax.GradientTransformation`.
   """
-  if _checks.concrete_value(params) is not None:
-    _finite("params", params)
-  elif not jax.tree.leaves(params):
-    raise ValueError(f"params must be a float or a non-empty tree of floats, "
-                     f"got params={params!r}.")
+  if (isinstance(alpha, (list, tuple)) and alpha
+      and all(isinstance(pair, tuple) and len(pair) == 2
+              and isinstance(pair[0], str) for pair in alpha)):
+    alpha = dict(alpha)
+  if _checks.concrete_value(alpha) is not None:
+    _finite("alpha", alpha)
+  elif not jax.tree.leaves(alpha):
+    raise ValueError(f"alpha must be a float or a non-empty tree of floats, "
+                     f"got alpha={alpha!r}.")
   else:
-    for alpha in jax.tree.leaves(params):
-      _finite("params", alpha)
+    for value in jax.tree.leaves(alpha):
+      _finite("alpha", value)
   if optimizer is not None:
-    return hyperoptimize(_sgd, {"alpha": Learned(params, per_leaf=True)},
+    return hyperoptimize(_sgd, {"alpha": Learned(alpha, per_leaf=True)},
                          optimizer)
-  if _checks.concrete_value(params) is not None:
-    return _sgd(params)
+  if _checks.concrete_value(alpha) is not None:
+    return _sgd(alpha)
 
   def init_fn(tree):
     del tree
     return optax.EmptyState()
 
   def update_fn(grads, state):
-    return jax.tree.map(lambda g, a: -(g * a), grads, params), state
+    return jax.tree.map(lambda g, a: -(g * a), grads, alpha), state
 
   return _rule(init_fn, update_fn)
 

@@ -175,11 +175,20 @@ def test_three_level_readout_lists_learned_levels_bottom_first():
         (lambda: gdtuo.RMSPropAlpha(alpha=-1.0), "alpha.*-1.0"),
         (lambda: gdtuo.RMSProp(gamma=1.0), "gamma.*1.0"),
         (lambda: gdtuo.SGD(alpha=float("nan")), "alpha.*nan"),
-        (lambda: gdtuo.SGDPerParam({}), "params"),
-        (lambda: gdtuo.SGDPerParam({"w": "x"}), "params.*'x'"),
+        (lambda: gdtuo.SGDPerParam({}), "alpha"),
+        (lambda: gdtuo.SGDPerParam({"w": "x"}), "alpha.*'x'"),
         (lambda: gdtuo.Adam(optimizer="sgd"), "hyper_optimizer.*'sgd'"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(build, match):
   with pytest.raises(ValueError, match=match):
     build()
+
+
+def test_sgd_per_param_takes_gdtuo_name_alpha_pairs():
+  params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+  grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.full(3, 2.0)}
+  from_pairs = gdtuo.SGDPerParam([("w", 0.1), ("b", 0.2)])
+  updates, _ = from_pairs.update(grads, from_pairs.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.05 * np.ones((2, 3)))
+  np.testing.assert_allclose(updates["b"], -0.4 * np.ones(3))
