@@ -61,7 +61,8 @@ def check_range(
   below = number < low or (number == low and not low_inclusive)
   above = number > high or (number == high and not high_inclusive)
   if math.isnan(number) or below or above:
-    _fail(name, value, f"in {allowed}")
+    unbounded = math.isinf(low) and math.isinf(high)
+    _fail(name, value, "a finite number" if unbounded else f"in {allowed}")
 
 
 def check_nonnegative(name: str, value: Any) -> None:

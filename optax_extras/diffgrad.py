@@ -97,8 +97,7 @@ def scale_by_diffgrad(
       return update.astype(g.dtype)
 
     new_updates = jax.tree.map(direction, updates, mu, nu, state.prev_grad)
-    prev_grad = jax.tree.map(lambda g, p: g.astype(p.dtype), updates,
-                             state.prev_grad)
+    prev_grad = optax.tree.cast_like(updates, state.prev_grad)
     return new_updates, ScaleByDiffGradState(count, mu, nu, prev_grad)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -27,6 +27,8 @@ The learned rate is the state field ``learning_rate``:
 an additive correction: ``alpha_t = s(t) + delta_t``, ``delta_0 = 0``,
 ``delta_t = delta_{t-1} + hypergrad_lr * h_t`` (so ``d alpha / d delta = 1``
 and a constant schedule equals the float). The state stores ``alpha_t``.
+Under `optax.inject_hyperparams` the injected ``learning_rate`` is a number
+each step, so it only sets the initial rate.
 
 A NaN or infinite gradient makes ``h_t`` and so the learned rate NaN for
 every later step; wrap the optimizer in `optax.apply_if_finite` to skip such
