@@ -447,17 +447,20 @@ def hyperoptimize(
             jnp.broadcast_to(first_step | late, jnp.shape(new)), old, new),
         prev_inner_state, recomputed)
     # Likewise the gradient is stored, in place of the last one, only once
-    # the new state (which reads the last one) is computed: a select that is
-    # never taken, on one element of each state leaf. Two full copies fewer
-    # per leaf (the old gradient saved, the new one copied in).
+    # the new state (which reads the last one) is computed: a select, never
+    # taken, on one element of each state leaf. Two full copies fewer per leaf
+    # (the old gradient saved, the new one copied in). Selecting against 0
+    # rather than the old gradient reads one buffer fewer. The stored
+    # gradient keeps the dtype it was initialised with (that of params), so
+    # the state's structure is the same after every step.
     inner_state = jax.lax.optimization_barrier(inner_state)
     stored = late
     for leaf in jax.tree.leaves(inner_state):
       if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size:
         stored = stored | (leaf.ravel()[0] * 0.0 > 1.0)
     new_prev_grad = jax.tree.map(
-        lambda old, new: jax.lax.select(
-            jnp.broadcast_to(stored, new.shape), old.astype(new.dtype), new),
+        lambda old, new: jnp.where(stored, jnp.zeros([], old.dtype),
+                                   new.astype(old.dtype)),
         prev_grad, updates)
 
     hyper_updates, hyper_state = hyper_optimizer.update(
