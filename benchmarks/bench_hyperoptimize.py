@@ -184,7 +184,12 @@ def main() -> None:
       f"about {ms((stack_s - seconds['lr_stack']) / 2)}: one more tangent, "
       "i.e. about one more evaluation of the rule, since XLA:CPU computes "
       "the stacked tangents per row without sharing their common "
-      "subexpressions.",
+      "subexpressions. With `jax.profiler` on this machine: the fusion "
+      "that computes the three tangents (3 sqrt, 4 divisions and ~50 "
+      "multiply-adds per element over its three rows, vectorised) is "
+      "compute-bound at 0.8-1.1 ms; their contraction with the gradient "
+      "(memory-bound) 0.4 ms; the rest of the optimizer (recomputed state, "
+      "stored gradient, new update) within 0.3 ms of optax.adam's.",
       "",
   ]
   text = "\n".join(lines)
