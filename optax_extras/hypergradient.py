@@ -184,18 +184,21 @@ def sgd_hd(
 
     def momentum_step(g, buffer):
       decayed = momentum * buffer + (1 - dampening) * g
-      return jnp.where(first_step, g, decayed).astype(g.dtype)
+      return jnp.where(first_step, g, decayed).astype(buffer.dtype)
 
+    # The state (and so the update, as in optax.sgd with momentum) keeps the
+    # dtype it was initialised with, that of params, whatever the gradients'.
     if nesterov:
       buffer = jax.tree.map(momentum_step, updates, state.momentum_buffer)
       buffer = _common.ordered_after(hypergradient, buffer,
                                      state.momentum_buffer)
       direction = jax.tree.map(
-          lambda g, b: (g + momentum * b).astype(g.dtype), updates, buffer)
+          lambda g, b: (g + momentum * b).astype(b.dtype), updates, buffer)
     else:
       buffer = None
       direction = jax.tree.map(
-          lambda g, b: jnp.where(momentum == 0, g, momentum_step(g, b)),
+          lambda g, b: jnp.where(momentum == 0, g.astype(b.dtype),
+                                 momentum_step(g, b)),
           updates, state.prev_direction)
     direction = _common.ordered_after(hypergradient, direction,
                                       state.prev_direction)

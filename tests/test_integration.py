@@ -193,3 +193,24 @@ def test_low_precision_params_keep_update_and_state_dtypes(name, dtype):
   assert [x.dtype for x in jax.tree.leaves(new_state)] == [
       x.dtype for x in jax.tree.leaves(state)]
   assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("grad_dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_state_structure_is_stable_for_gradients_of_another_dtype(
+    name, grad_dtype):
+  """float32 params with bfloat16 (or float16) gradients: the state keeps the
+  dtypes of its init, so it can be a `lax.scan` carry."""
+  tx = OPTIMIZERS[name]()
+  params = _params()
+  grads = jax.tree.map(lambda x: (0.5 * x).astype(grad_dtype), params)
+
+  def step(state, _):
+    updates, state = tx.update(grads, state, params)
+    return state, updates
+
+  state = tx.init(params)
+  final, updates = jax.lax.scan(step, state, length=3)
+  assert [x.dtype for x in jax.tree.leaves(final)] == [
+      x.dtype for x in jax.tree.leaves(state)]
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
