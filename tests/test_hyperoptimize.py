@@ -302,25 +302,6 @@ def test_non_finite_hypergradient_skips_the_hyper_update():
       before.raw_hyperparams["learning_rate"])
 
 
-def test_state_keeps_its_dtypes_when_gradients_have_another():
-  # bf16 gradients for f32 params: the stored gradient stays f32, so a
-  # lax.scan carry (or a restored checkpoint) has one structure throughout.
-  tx = gdtuo.Adam(1e-2, optimizer=gdtuo.SGD(1e-5))
-  params = {"w": jnp.ones((3, 2), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
-  state = tx.init(params)
-  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, jnp.bfloat16), params)
-
-  def step(state, _):
-    updates, state = tx.update(grads, state, params)
-    return state, updates
-
-  final, updates = jax.lax.scan(step, state, length=3)
-  assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(
-      lambda x: x.dtype, state)
-  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
-  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
-
-
 def test_donated_jit_step_and_distinct_state_buffers():
   params, xs, ys = problem(5)
   tx = gdtuo.Adam(
