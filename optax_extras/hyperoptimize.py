@@ -171,35 +171,6 @@ def _checked_spec(name: str, spec: Any) -> Learned:
   return spec
 
 
-def _contract(grad: chex.Array, *tangents: chex.Array) -> chex.Array:
-  """``[<grad, t> for t in tangents]`` as one (k,) array, in one pass.
-
-  XLA:CPU emits one loop per output array, so k separate products would each
-  recompute the subexpressions the tangents share (sqrt, divisions), and a
-  stacked (k, n) array costs a write and a read of k params-sized buffers.
-  Instead one variadic reduction sums each product over blocks of 4
-  consecutive chunks of ``lanes`` elements: a single vectorised loop that
-  evaluates all k tangents of an element together and writes k arrays 4 times
-  smaller, whose sums finish the contraction. (With 8 or more chunks per
-  block, or a longer reduced axis, XLA:CPU no longer vectorises that loop and
-  it runs 3x slower.) Accumulates in at least float32; the flattened leaf is
-  padded with zeros to a whole number of blocks when no width in
-  (128, 64, 32, 16) divides it.
-  """
-  dtype = jnp.promote_types(tangents[0].dtype, jnp.float32)
-  blocks, size = 4, grad.size
-  lanes = next((w for w in (128, 64, 32, 16) if size % (blocks * w) == 0),
-               16)
-  padding = -size % (blocks * lanes)
-  products = tuple(
-      jnp.pad((t.astype(dtype) * grad.astype(dtype)).ravel(), (0, padding))
-      .reshape(-1, blocks, lanes) for t in tangents)
-  zeros = tuple(jnp.zeros([], dtype) for _ in tangents)
-  partial_sums = jax.lax.reduce(
-      products, zeros, lambda xs, ys: tuple(map(jnp.add, xs, ys)), (1,))
-  return jnp.stack([jnp.sum(p) for p in partial_sums])
-
-
 def hyperoptimize(
     factory: Callable[..., optax.GradientTransformation],
     learned: Mapping[str, Learned | float],
@@ -429,8 +400,8 @@ def hyperoptimize(
       return jax.jvp(previous_update, (raw[name],), (ones,))[1]
 
     # One (k,) vector of <g, d u / d x_j> per leaf: the k tangents are
-    # evaluated together in one pass and never stored (see `_contract`).
-    contractions = jax.tree.map(_contract, updates,
+    # evaluated together in one pass and never stored (see `_common.vdots`).
+    contractions = jax.tree.map(_common.vdots, updates,
                                 *[tangent(name) for name in names])
     hypergrad = {}
     for j, name in enumerate(names):

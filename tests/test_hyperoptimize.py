@@ -192,7 +192,7 @@ def test_stack_matches_oracle_from_definition(case):
 
 def test_hypergradient_is_exact_on_leaves_of_every_size():
   """Leaves that fill whole blocks of the contraction, need padding, are
-  scalars or are empty (see `_contract`), against the oracle in float64."""
+  scalars or are empty (see `_common.vdots`), against the oracle in float64."""
   shapes = {"blocks": (64, 32), "narrow": (48,), "odd": (5, 7, 9),
             "scalar": (), "empty": (0, 3)}
   rng = np.random.default_rng(6)
