@@ -102,11 +102,21 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
   return jnp.sum(sums.reshape(len(bs), parts), axis=1)
 
 
-def tree_vdot(tree_a: Any, tree_b: Any, dtype: jnp.dtype) -> jax.Array:
-  """Sum over leaves of <a, b>, accumulated in `dtype` (None leaves skipped)."""
-  products = jax.tree.map(lambda a, b: vdots(a, b, dtype=dtype)[0], tree_a,
-                          tree_b)
-  return sum(jax.tree.leaves(products), jnp.zeros([], dtype))
+def tree_vdot(tree_a: Any, tree_b: Any, dtype: jnp.dtype, *,
+              one_pass: bool = False) -> jax.Array:
+  """Sum over leaves of <a, b>, accumulated in `dtype` (None leaves skipped).
+
+  With ``one_pass`` each leaf goes through `vdots`: for a ``b`` computed on
+  the fly with divisions or roots (adam_hd's previous direction), which a
+  plain sum hands to YNNPACK to run op by op. A plain sum (one YNNPACK
+  reduction, no intermediate writes) is faster when ``b`` is stored.
+  """
+  if one_pass:
+    vdot = lambda a, b: vdots(a, b, dtype=dtype)[0]
+  else:
+    vdot = lambda a, b: jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
+  return sum(jax.tree.leaves(jax.tree.map(vdot, tree_a, tree_b)),
+             jnp.zeros([], dtype))
 
 
 def ordered_after(value: jax.Array, new: Any, old: Any) -> Any:

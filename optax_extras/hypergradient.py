@@ -280,7 +280,8 @@ def adam_hd(
     # 0 / 0, and the reference skips the hypergradient on the first step.
     hypergradient = jnp.where(
         state.count > 0,
-        prev_scale * _common.tree_vdot(updates, prev_direction, rate_dtype),
+        prev_scale * _common.tree_vdot(updates, prev_direction, rate_dtype,
+                                     one_pass=True),
         0.0)
     rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
                                hypergradient, hypergrad_lr)
