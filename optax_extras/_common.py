@@ -65,15 +65,20 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
   The ``b`` are typically computed on the fly (tangents, a previous Adam
   direction), and XLA:CPU emits one loop per output array: k separate
   products would each recompute the subexpressions they share (sqrt,
-  divisions), and a stacked (k, n) array costs a write and a read of k
+  divisions), and a stacked (k, ...) array costs a write and a read of k
   buffers of the leaf's size. Instead one variadic reduction sums each product
-  over blocks of 4 consecutive chunks of ``lanes`` elements: one vectorised
+  over blocks of 4 consecutive rows (leading-axis entries): one vectorised
   loop that evaluates every ``b`` of an element together and writes k arrays
-  4 times smaller, whose sums finish the products. (With 8 or more chunks per
+  4 times smaller, whose sums finish the products. (With 8 or more rows per
   block, or a longer reduced axis, XLA:CPU no longer vectorises that loop: 3x
-  slower.) A single ``b`` is reduced as two halves of the leaf: a reduction
-  of one array goes to YNNPACK together with the whole computation of ``b``,
-  which it runs op by op (measured: a 1.6x slower hyperoptimizer step).
+  slower.) A single ``b`` is reduced as two interleaved halves (groups of 8
+  rows): a reduction of one array goes to YNNPACK together with the whole
+  computation of ``b``, which it runs op by op (measured: a 1.6x slower
+  hyperoptimizer step). Rows are padded with zeros to whole groups; vectors
+  and scalars are first laid out as rows of up to 128. Only the leading axis
+  is split, so a leaf sharded along another axis, or along the leading one
+  in whole groups of rows per device, is reduced where it lies (else XLA
+  gathers the products of that leaf).
 
   Args:
     a: an array.
@@ -87,17 +92,24 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
   if dtype is None:
     dtype = jnp.promote_types(bs[0].dtype, jnp.float32)
   parts = 2 if len(bs) == 1 else 1
-  blocks, size = 4, a.size
-  lanes = next(
-      (w for w in (128, 64, 32, 16) if size % (parts * blocks * w) == 0), 16)
-  padding = -size % (parts * blocks * lanes)
-  pieces = tuple(
-      piece for b in bs for piece in
-      jnp.pad((a.astype(dtype) * b.astype(dtype)).ravel(), (0, padding))
-      .reshape(parts, -1, blocks, lanes))
+  blocks = 4
+  group = parts * blocks
+
+  def grouped_rows(x):
+    if x.ndim < 2:
+      lanes = next((w for w in (128, 64, 32) if x.size % (group * w) == 0),
+                   16)
+      x = jnp.pad(x.ravel(), (0, -x.size % (group * lanes))).reshape(-1, lanes)
+    x = jnp.pad(x, [(0, -x.shape[0] % group)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(-1, parts, blocks, *x.shape[1:])
+
+  pieces = []
+  for b in bs:
+    rows = grouped_rows(a.astype(dtype) * b.astype(dtype))
+    pieces.extend(rows[:, part] for part in range(parts))
   zeros = tuple(jnp.zeros([], dtype) for _ in pieces)
   partial_sums = jax.lax.reduce(
-      pieces, zeros, lambda xs, ys: tuple(map(jnp.add, xs, ys)), (1,))
+      tuple(pieces), zeros, lambda xs, ys: tuple(map(jnp.add, xs, ys)), (1,))
   sums = jnp.stack([jnp.sum(p) for p in partial_sums])
   return jnp.sum(sums.reshape(len(bs), parts), axis=1)
 

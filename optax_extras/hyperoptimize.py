@@ -440,7 +440,7 @@ def hyperoptimize(
     stored = late
     for leaf in jax.tree.leaves(inner_state):
       if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size:
-        stored = stored | (leaf.ravel()[0] * 0.0 > 1.0)
+        stored = stored | (leaf[(0,) * leaf.ndim] * 0.0 > 1.0)
     new_prev_grad = jax.tree.map(
         lambda old, new: jnp.where(stored, jnp.zeros([], old.dtype),
                                    new.astype(old.dtype)),

@@ -122,6 +122,38 @@ def test_sharded_over_eight_devices_matches_one_device(name):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
+def test_sharded_step_gathers_no_leaf(name):
+  """Leaves sharded by rows (8 per device) or by columns stay where they lie:
+  the compiled step has no all-gather (the hypergradients' products are
+  reduced per device, then all-reduced as scalars)."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS set in conftest.py)")
+  tx = OPTIMIZERS[name]()
+  mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
+  shardings = {
+      "rows": NamedSharding(mesh, PartitionSpec("d", None)),
+      "cols": NamedSharding(mesh, PartitionSpec(None, "d")),
+      "bias": NamedSharding(mesh, PartitionSpec()),
+  }
+  keys = jax.random.split(jax.random.key(1), 3)
+  params = jax.device_put(
+      {"rows": jax.random.normal(keys[0], (64, 24)),
+       "cols": jax.random.normal(keys[1], (12, 64)),
+       "bias": jax.random.normal(keys[2], (24,))}, shardings)
+  state = jax.jit(tx.init)(params)
+
+  def step(params, state):
+    grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(x)) for x in
+                                   jax.tree.leaves(p)))(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  hlo = jax.jit(step).lower(params, state).compile().as_text()
+  assert "all-gather" not in hlo
+  assert "all-to-all" not in hlo
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_orbax_checkpoint_round_trip_continues_identically(name, tmp_path):
   tx = OPTIMIZERS[name]()
   params, state = _train(tx, _params(), tx.init(_params()), 3)
