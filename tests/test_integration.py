@@ -96,12 +96,16 @@ def test_donated_step_matches_plain_step(name):
   assert all(x.is_deleted() for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_sharded_over_eight_devices_matches_one_device(name):
+def _eight_device_mesh():
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS set in conftest.py)")
+  return Mesh(np.array(jax.devices()[:8]), ("d",))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_sharded_over_eight_devices_matches_one_device(name):
+  mesh = _eight_device_mesh()
   tx = OPTIMIZERS[name]()
-  mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
   # Shard the matrix by rows and replicate the rest.
   shardings = {
       "w": NamedSharding(mesh, PartitionSpec("d", None)),
@@ -126,10 +130,8 @@ def test_sharded_step_gathers_no_leaf(name):
   """Leaves sharded by rows (8 per device) or by columns stay where they lie:
   the compiled step has no all-gather (the hypergradients' products are
   reduced per device, then all-reduced as scalars)."""
-  if jax.device_count() < 8:
-    pytest.skip("needs 8 devices (XLA_FLAGS set in conftest.py)")
+  mesh = _eight_device_mesh()
   tx = OPTIMIZERS[name]()
-  mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
   shardings = {
       "rows": NamedSharding(mesh, PartitionSpec("d", None)),
       "cols": NamedSharding(mesh, PartitionSpec(None, "d")),
