@@ -99,9 +99,10 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
     if x.ndim < 2:
       lanes = next((w for w in (128, 64, 32) if x.size % (group * w) == 0),
                    16)
-      x = jnp.pad(x.ravel(), (0, -x.size % (group * lanes))).reshape(-1, lanes)
+      x = jnp.pad(x.ravel(), (0, -x.size % (group * lanes)))
+      x = x.reshape(x.size // lanes, lanes)
     x = jnp.pad(x, [(0, -x.shape[0] % group)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape(-1, parts, blocks, *x.shape[1:])
+    return x.reshape(x.shape[0] // group, parts, blocks, *x.shape[1:])
 
   pieces = []
   for b in bs:

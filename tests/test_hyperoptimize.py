@@ -194,7 +194,7 @@ def test_hypergradient_is_exact_on_leaves_of_every_size():
   """Leaves that fill whole blocks of the contraction, need padding, are
   scalars or are empty (see `_common.vdots`), against the oracle in float64."""
   shapes = {"blocks": (64, 32), "narrow": (48,), "odd": (5, 7, 9),
-            "scalar": (), "empty": (0, 3)}
+            "scalar": (), "empty": (0, 3), "empty_rows": (3, 0, 2)}
   rng = np.random.default_rng(6)
   params = {k: rng.normal(size=s) for k, s in shapes.items()}
   xs = [{k: rng.normal(size=s) for k, s in shapes.items()}

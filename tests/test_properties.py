@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax_extras
+from optax_extras import _common
 import pytest
 
 import torch_reference
@@ -323,6 +324,24 @@ def test_bad_weight_decay_raises_naming_it(name, value):
 
 
 # ----------------------------------------------- soundness of parity setup
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 9), max_size=3).map(tuple),
+       count=st.integers(1, 4),
+       dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+       seed=st.integers(0, 2**16))
+def test_vdots_equals_the_dot_products(shape, count, dtype, seed):
+  """The one-pass contraction behind the hypergradients (see `vdots`), on
+  every shape: rows padded to whole blocks, vectors, scalars, empty leaves."""
+  rng = np.random.default_rng(seed)
+  a, *bs = (jnp.asarray(rng.normal(size=shape), dtype)
+            for _ in range(count + 1))
+  got = jax.jit(_common.vdots)(a, *bs)
+  assert got.shape == (count,) and got.dtype == jnp.float32
+  expected = [np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))
+              for b in bs]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
 
 @pytest.mark.parametrize("dtype", torch_reference.DTYPES)
 @pytest.mark.parametrize("name", torch_reference.CASES)
