@@ -204,8 +204,8 @@ def hyperoptimize(
     and no tangent is stored). Why not ``jax.vjp``: on XLA:CPU its transpose
     turns every use of a broadcast scalar into its own full reduction (seven
     for Adam's three hyperparameters), each a separate pass over the params
-    that also materializes the shared intermediates (see
-    benchmarks/results/hyperoptimize.md).
+    that also materializes the shared intermediates. Cost measured in
+    benchmarks/results/hyperoptimize.md.
   * Memory: the optimizer below is stored one step behind (its state before
     the last step and the last gradient), so the state is that optimizer's
     plus one params-sized tree (plus the previous params when its update
