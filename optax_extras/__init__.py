@@ -5,20 +5,20 @@ PyTorch interop lives in `optax_extras.torch` (it imports torch); the
 """
 
 from optax_extras import gdtuo
-from optax_extras.diffgrad import diffgrad
-from optax_extras.diffgrad import scale_by_diffgrad
-from optax_extras.diffgrad import ScaleByDiffGradState
-from optax_extras.expectigrad import expectigrad
-from optax_extras.expectigrad import scale_by_expectigrad
-from optax_extras.expectigrad import ScaleByExpectigradState
-from optax_extras.hypergradient import adam_hd
-from optax_extras.hypergradient import AdamHDState
-from optax_extras.hypergradient import sgd_hd
-from optax_extras.hypergradient import SGDHDState
-from optax_extras.hyperoptimize import hyperoptimize
-from optax_extras.hyperoptimize import HyperoptimizeState
-from optax_extras.hyperoptimize import hyperparameters
-from optax_extras.hyperoptimize import Learned
+from optax_extras._diffgrad import diffgrad
+from optax_extras._diffgrad import scale_by_diffgrad
+from optax_extras._diffgrad import ScaleByDiffGradState
+from optax_extras._expectigrad import expectigrad
+from optax_extras._expectigrad import scale_by_expectigrad
+from optax_extras._expectigrad import ScaleByExpectigradState
+from optax_extras._hypergradient import adam_hd
+from optax_extras._hypergradient import AdamHDState
+from optax_extras._hypergradient import sgd_hd
+from optax_extras._hypergradient import SGDHDState
+from optax_extras._hyperoptimize import hyperoptimize
+from optax_extras._hyperoptimize import HyperoptimizeState
+from optax_extras._hyperoptimize import hyperparameters
+from optax_extras._hyperoptimize import Learned
 
 __version__ = "0.1.0"
 

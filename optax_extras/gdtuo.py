@@ -7,7 +7,7 @@ Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371. Reference code:
 Each constructor has gdtuo's name, arguments and defaults and returns an
 `optax.GradientTransformation`: the update rule alone when ``optimizer`` is
 None (gdtuo's `NoOpOptimizer`), else the rule whose hyperparameters
-``optimizer`` learns, through `optax_extras.hyperoptimize.hyperoptimize`::
+``optimizer`` learns, through `optax_extras.hyperoptimize`::
 
   # torch:  gdtuo.ModuleWrapper(model, optimizer=gdtuo.Adam(optimizer=gdtuo.SGD(1e-5)))
   tx = optax_extras.gdtuo.Adam(optimizer=optax_extras.gdtuo.SGD(1e-5))
@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import optax
 
 from optax_extras import _checks
-from optax_extras.hyperoptimize import hyperoptimize
-from optax_extras.hyperoptimize import hyperparameters
-from optax_extras.hyperoptimize import Learned
+from optax_extras._hyperoptimize import hyperoptimize
+from optax_extras._hyperoptimize import hyperparameters
+from optax_extras._hyperoptimize import Learned
 
 __all__ = (
     "AdaGrad",

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 import torch
 
-from optax_extras.diffgrad import ScaleByDiffGradState
-from optax_extras.expectigrad import ScaleByExpectigradState
+from optax_extras._diffgrad import ScaleByDiffGradState
+from optax_extras._expectigrad import ScaleByExpectigradState
 
 _NOT_OPTIONS = ("params", "tx", "param_names", "lr")
 _X64_DTYPES = (torch.float64, torch.int64, torch.complex128)

@@ -22,7 +22,7 @@ import optax
 import pytest
 
 from optax_extras import gdtuo
-from optax_extras.hyperoptimize import HyperoptimizeState
+from optax_extras._hyperoptimize import HyperoptimizeState
 
 _SCRIPT = pathlib.Path(__file__).parent / "golden" / "make_gdtuo_golden.py"
 _spec = importlib.util.spec_from_file_location("make_gdtuo_golden", _SCRIPT)

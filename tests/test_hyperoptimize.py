@@ -18,10 +18,10 @@ import pytest
 
 import optax_extras
 from optax_extras import gdtuo
-from optax_extras.hyperoptimize import hyperoptimize
-from optax_extras.hyperoptimize import hyperparameters
-from optax_extras.hyperoptimize import HyperoptimizeState
-from optax_extras.hyperoptimize import Learned
+from optax_extras._hyperoptimize import hyperoptimize
+from optax_extras._hyperoptimize import hyperparameters
+from optax_extras._hyperoptimize import HyperoptimizeState
+from optax_extras._hyperoptimize import Learned
 
 STEPS = 40
 _NATURAL = {

@@ -17,7 +17,6 @@ learned by SGD. A stack's option takes one value per level, separated by
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -323,17 +322,9 @@ def build(choice: Choice) -> Built:
 
 def _build_stack(choice: Choice) -> Built:
   try:
-    gdtuo = importlib.import_module("optax_extras.gdtuo")
-    hyperoptimize = importlib.import_module("optax_extras.hyperoptimize")
-  except ImportError as error:
-    raise OptimizerError(
-        f"{choice.label}: stacks need optax_extras.gdtuo and "
-        f"optax_extras.hyperoptimize, which this installation lacks ({error})"
-    ) from None
-  try:
-    tx = stack_transformation(choice, gdtuo)
+    tx = stack_transformation(choice, optax_extras.gdtuo)
   except (ValueError, TypeError) as error:
     raise OptimizerError(f"{choice.label}: {error}") from None
   beta = choice.options[1].get("lr", HYPER_LEVEL_LR)
   return Built(
-      tx, lambda state: hyperoptimize.hyperparameters(state)[0]["alpha"], beta)
+      tx, lambda state: optax_extras.hyperparameters(state)[0]["alpha"], beta)

@@ -244,7 +244,7 @@ def hyperoptimize(
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from optax_extras.hyperoptimize import (
+    >>> from optax_extras import (
     ...     hyperoptimize, hyperparameters, Learned)
     >>> tx = hyperoptimize(
     ...     optax.adam,
