@@ -1,0 +1,149 @@
+"""The README and the documentation: every Python code block runs as written,
+and every public name has its API page.
+
+The ```python blocks of a page run in order in one namespace (a page reads
+top to bottom), in a temporary working directory. A block that imports a
+module that is not installed (torch, an upstream package) is skipped; the
+pages keep the blocks after it independent of it. Shell blocks are not run.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import linecache
+import pathlib
+import re
+import textwrap
+
+import jax
+import pytest
+
+import optax_extras
+from optax_extras import gdtuo
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md"] + sorted(
+    p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
+_OPENING = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})python *$")
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+  """(first line number, dedented code) of each ```python block of `text`."""
+  blocks, lines, index = [], text.splitlines(), 0
+  while index < len(lines):
+    opening = _OPENING.match(lines[index])
+    index += 1
+    if not opening:
+      continue
+    indent, fence = opening["indent"], opening["fence"]
+    start = index
+    while index < len(lines) and lines[index].strip() != fence:
+      index += 1
+    code = "\n".join(line.removeprefix(indent) for line in lines[start:index])
+    blocks.append((start + 1, textwrap.dedent(code)))
+    index += 1
+  return blocks
+
+
+def missing_modules(code: str) -> list[str]:
+  """Top-level modules that `code` imports and that are not installed."""
+  names = set()
+  for node in ast.walk(ast.parse(code)):
+    if isinstance(node, ast.Import):
+      names.update(alias.name.split(".")[0] for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      names.add(node.module.split(".")[0])
+  return sorted(n for n in names if importlib.util.find_spec(n) is None)
+
+
+def _page_id(page: pathlib.Path) -> str:
+  return str(page.relative_to(ROOT))
+
+
+def test_pages_are_found_and_have_code():
+  assert ROOT / "README.md" in PAGES
+  assert DOCS / "quickstart.md" in PAGES
+  assert sum(len(python_blocks(p.read_text())) for p in PAGES) >= 20
+
+
+def test_block_extraction_handles_indented_and_nested_fences():
+  text = textwrap.dedent("""\
+      ```python
+      a = 1
+      ```
+      ```bash
+      rm -rf /
+      ```
+      ::::{grid-item}
+        ````python
+        if a:
+          b = 2
+        ````
+      ::::
+      """)
+  assert python_blocks(text) == [(2, "a = 1"), (9, "if a:\n  b = 2")]
+
+
+def test_missing_modules_reads_every_import_form():
+  code = "import os, no_such_module_a\nfrom no_such_module_b.x import y\n"
+  assert missing_modules(code) == ["no_such_module_a", "no_such_module_b"]
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+  """A temporary working directory; the page may not change JAX's config."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  x64 = jax.config.jax_enable_x64
+  yield
+  jax.config.update("jax_enable_x64", x64)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_code_blocks_run(page, isolated):  # pylint: disable=unused-argument
+  blocks = python_blocks(page.read_text())
+  if not blocks:
+    pytest.skip("no python code block")
+  namespace, skipped = {"__name__": "__docs__"}, []
+  for line, code in blocks:
+    missing = missing_modules(code)
+    if missing:
+      skipped.append(f"line {line} needs {', '.join(missing)}")
+      continue
+    filename = f"{_page_id(page)}, block at line {line}"
+    # Tracebacks show the block's lines.
+    linecache.cache[filename] = (len(code), None, code.splitlines(True),
+                                 filename)
+    exec(compile(code, filename, "exec"), namespace)  # pylint: disable=exec-used
+  if len(skipped) == len(blocks):
+    pytest.skip("; ".join(skipped))
+
+
+def _documented_names(api_page: str) -> set[str]:
+  """The names listed in the autosummary tables of docs/api/<api_page>."""
+  text = (DOCS / "api" / api_page).read_text()
+  return set(re.findall(r"^   (\w+)$", text, flags=re.MULTILINE))
+
+
+def _public_names_defined_in(module) -> set[str]:
+  return {name for name, value in vars(module).items()
+          if not name.startswith("_")
+          and getattr(value, "__module__", None) == module.__name__
+          and (inspect.isfunction(value) or inspect.isclass(value))}
+
+
+def test_every_public_name_has_an_api_page():
+  assert set(optax_extras.__all__) - {"gdtuo"} <= _documented_names(
+      "optax_extras.rst")
+  assert set(gdtuo.__all__) <= _documented_names("gdtuo.rst")
+
+
+def test_every_public_torch_name_has_an_api_page():
+  torch_module = pytest.importorskip("optax_extras.torch")
+  public = getattr(torch_module, "__all__", None) or _public_names_defined_in(
+      torch_module)
+  assert public
+  assert set(public) <= _documented_names("torch.rst")
