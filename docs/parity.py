@@ -99,7 +99,7 @@ def main() -> None:
   start = time.perf_counter()
   lines = [
       "<!-- Written by `python docs/parity.py`; do not edit by hand. -->",
-      "",
+      "<!-- begin header -->",
       f"Measured with `python docs/parity.py` on {platform.machine()} "
       f"({platform.processor() or 'CPU'}), {_versions()}. "
       "Each number is the largest relative difference "
@@ -110,24 +110,26 @@ def main() -> None:
       "The tests assert 1e-12 (float64) and 1e-5 (float32). "
       "`hypergrad` is not on the package index: its SGDHD and AdamHD run "
       "as restated, loops and all, in tests/torch_reference.py.",
+      "<!-- end header -->",
       "",
   ]
   for algo, upstream in UPSTREAM.items():
     rate_columns = (" learned rate float64 | learned rate float32 |"
                     if algo in LEARNED_RATE else "")
     lines += [
-        f"({algo}-parity)=",
-        f"#### `optax_extras.{algo}` against {upstream}",
+        f"<!-- begin {algo} -->",
+        f"### `optax_extras.{algo}` against {upstream}",
         "",
         "| case | hyperparameters | params float64 | params float32 |"
         + rate_columns + " upstream run |",
         "| --- " * (5 + 2 * (algo in LEARNED_RATE)) + "|",
         *flat_case_rows(algo),
+        f"<!-- end {algo} -->",
         "",
     ]
   lines += [
-      "(gdtuo-parity)=",
-      "#### `optax_extras.gdtuo` against `gradient_descent_the_ultimate_optimizer`",
+      "<!-- begin gdtuo -->",
+      "### `optax_extras.gdtuo` against `gradient_descent_the_ultimate_optimizer`",
       "",
       "A 6-8-3 tanh MLP trained for 60 steps in float64 with gdtuo's "
       "`ModuleWrapper` and with the same expression over `optax_extras.gdtuo` "
@@ -137,6 +139,7 @@ def main() -> None:
       "| stack | weights | learned hyperparameters | upstream run |",
       "| --- | --- | --- | --- |",
       *gdtuo_rows(),
+      "<!-- end gdtuo -->",
       "",
   ]
   OUT.write_text("\n".join(lines))
