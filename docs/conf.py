@@ -35,7 +35,7 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "README.md"]
+exclude_patterns = ["_build", "migration/parity_results.md"]
 templates_path = ["_templates"]
 
 # The docstrings write `name` for Python objects, as optax's do.
