@@ -37,7 +37,7 @@ class CliEpilogs(SphinxDirective):
     for name, subcommand in _subcommands(cli.parser()).items():
       if not subcommand.epilog:
         continue
-      title = f"optax-extras {name}: more"
+      title = f"More on optax-extras {name}"
       section = nodes.section(ids=[nodes.make_id(f"epilog-{name}")])
       section += nodes.title(title, title)
       section += nodes.literal_block(text=subcommand.epilog.rstrip())
