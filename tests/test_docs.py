@@ -1,8 +1,9 @@
 """The README and the documentation: every Python code block runs as written,
 and every public name has its API page.
 
-The ```python blocks of a page run in order in one namespace (a page reads
-top to bottom), in a temporary working directory. A block that imports a
+Each ```python block of the README runs alone, in a fresh namespace (readers
+copy one). The blocks of a docs page run in order in one namespace (a page
+reads top to bottom). All run in a temporary working directory. A block that imports a
 module that is not installed (torch, an upstream package, TensorFlow) is
 skipped, and so is a later block that reads a name only a skipped block
 defines (a NameError after a skip). Shell blocks are not run.
@@ -120,6 +121,8 @@ def test_code_blocks_run(page, isolated):  # pylint: disable=unused-argument
   blocks = python_blocks(page.read_text())
   namespace, skipped = {"__name__": "__docs__"}, []
   for line, code in blocks:
+    if page.name == "README.md":
+      namespace = {"__name__": "__docs__"}
     missing = missing_modules(code)
     if missing:
       skipped.append(f"line {line} needs {', '.join(missing)}")
