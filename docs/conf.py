@@ -47,6 +47,13 @@ suppress_warnings = ["ref.python"]
 autosummary_generate = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# Show optax's and chex's type aliases by name, not expanded.
+autodoc_type_aliases = {
+    name: name for name in (
+        "optax.ScalarOrSchedule", "optax.Updates", "optax.Params",
+        "optax.OptState", "optax.Schedule", "chex.Array", "jax.typing.ArrayLike",
+        "ArrayLike")
+}
 autodoc_default_options = {"show-inheritance": False}
 # optax_extras.torch imports torch, which is an optional dependency.
 autodoc_mock_imports = [] if importlib.util.find_spec("torch") else ["torch"]
