@@ -119,9 +119,10 @@ def isolated(tmp_path, monkeypatch):
 @pytest.mark.parametrize("page", CODE_PAGES, ids=_page_id)
 def test_code_blocks_run(page, isolated):  # pylint: disable=unused-argument
   blocks = python_blocks(page.read_text())
+  independent_blocks = page.name == "README.md"
   namespace, skipped = {"__name__": "__docs__"}, []
   for line, code in blocks:
-    if page.name == "README.md":
+    if independent_blocks:
       namespace = {"__name__": "__docs__"}
     missing = missing_modules(code)
     if missing:
@@ -134,7 +135,7 @@ def test_code_blocks_run(page, isolated):  # pylint: disable=unused-argument
     try:
       exec(compile(code, filename, "exec"), namespace)  # pylint: disable=exec-used
     except NameError as error:
-      if not skipped:
+      if independent_blocks or not skipped:
         raise
       skipped.append(f"line {line} needs a skipped block ({error})")
   if len(skipped) == len(blocks):
