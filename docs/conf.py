@@ -32,6 +32,7 @@ extensions = [
     "sphinx_design",
     "sphinxarg.ext",
     "cli_reference",
+    "api_coverage",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
