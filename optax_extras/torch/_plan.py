@@ -95,8 +95,24 @@ def _write_injected(state: Any, key: str, value: Any) -> Any:
   return state._replace(hyperparams=hyperparams)
 
 
+def _unshared(state: Any) -> Any:
+  """`state` with a copy of every leaf seen before (states are donated, and
+  a writer may put one array in two places)."""
+  seen = set()
+
+  def once(leaf):
+    if id(leaf) in seen:
+      return jnp.copy(leaf)
+    seen.add(id(leaf))
+    return leaf
+
+  return jax.tree.map(once, state)
+
+
 def _written(cohorts: list[Cohort], changed: dict[str, Any]) -> list[Cohort]:
   """The cohorts with the changed values written into their states."""
+  if not changed:
+    return cohorts
   result = []
   for cohort in cohorts:
     state = cohort.state
@@ -105,7 +121,7 @@ def _written(cohorts: list[Cohort], changed: dict[str, Any]) -> list[Cohort]:
         state = cohort.rate.write(state, float(value))
       else:
         state = _write_injected(state, key, value)
-    result.append(cohort._replace(state=state))
+    result.append(cohort._replace(state=_unshared(state)))
   return result
 
 
