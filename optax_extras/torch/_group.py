@@ -80,10 +80,13 @@ def same_arrays(tree_a: Any, tree_b: Any) -> bool:
 
 
 def _cohort_steps(tx, grads, states, params, scratch):
-  """The update of each cohort: (new params, new states), per cohort.
+  """The update of each cohort: (new states, new params), per cohort.
 
   `scratch` (unused) holds buffers of the parameters' shapes that torch no
-  longer uses; donated, they receive the new parameters.
+  longer uses; donated, they receive the new parameters. The new states come
+  first: JAX pairs each output with the first donated input of its shape, so
+  each state leaf is written over its old buffer (pairing the new parameters
+  with the old moments instead made XLA's Adam step 1.5-2x slower).
   """
   del scratch
   new_params, new_states = [], []
@@ -94,7 +97,7 @@ def _cohort_steps(tx, grads, states, params, scratch):
                        "of its state.")
     new_params.append(optax.apply_updates(p, updates))
     new_states.append(new_state)
-  return new_params, new_states
+  return new_states, new_params
 
 
 def compile_step(tx, args) -> Callable[..., Any]:

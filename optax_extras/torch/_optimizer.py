@@ -246,7 +246,7 @@ class OptaxOptimizer(torch.optim.Optimizer):
   def _run(self, plan: _plan.Plan) -> None:
     """Runs a planned group step and commits it."""
     try:
-      new_params, new_states = jax.block_until_ready(plan.step(*plan.args))
+      new_states, new_params = jax.block_until_ready(plan.step(*plan.args))
     except Exception as error:
       raise RuntimeError(
           f"The step of group {plan.index} failed while running; the groups "
