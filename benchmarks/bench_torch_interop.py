@@ -13,6 +13,10 @@ table reports the median over repeats of the mean time per step:
 
   python benchmarks/bench_torch_interop.py [--quick] [--out FILE]
 
+On a shared machine, compare on one core (no thread oversubscription):
+``OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_torch_interop.py``
+(XLA sizes its thread pool to the usable cores).
+
 Prints the machine, the command and the table; writes FILE only when --out
 is given (the committed results are benchmarks/results/torch_interop.md).
 """
@@ -109,7 +113,8 @@ def main(argv=None):
       sys.argv[1:] if argv is None else argv)
   machine = (
       f"{platform.platform()}, {platform.processor() or 'cpu'}, "
-      f"{os.cpu_count()} CPUs (torch threads: {torch.get_num_threads()}); "
+      f"{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable "
+      f"(torch threads: {torch.get_num_threads()}); "
       f"Python {platform.python_version()}, torch {torch.__version__}, "
       f"jax {jax.__version__}, optax {optax.__version__}")
   print(f"Command: `{command.strip()}`\nMachine: {machine}", flush=True)

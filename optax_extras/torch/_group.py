@@ -154,8 +154,9 @@ class Group:
   def scratch_arrays(self, arrays: list[jax.Array],
                      indices: tuple[int, ...]) -> list[jax.Array]:
     """Buffers to receive the new parameters (fresh ones the first time)."""
-    return [self.scratch.get(k) if k in self.scratch else jnp.zeros_like(a)
-            for k, a in zip(indices, arrays)]
+    buffers = [self.scratch.get(k) for k in indices]
+    return [jnp.zeros_like(a) if b is None or b.is_deleted() else b
+            for a, b in zip(arrays, buffers)]
 
   def swap_storage(self, params: list[torch.Tensor],
                    indices: tuple[int, ...], values: list[jax.Array]) -> None:

@@ -9,8 +9,10 @@ recompile; every other option is static.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import numbers
 from typing import Any, Callable
 
 import jax
@@ -32,7 +34,13 @@ NOT_OPTIONS = frozenset({"params", "tx", "param_names"})
 
 
 def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+  """The factory's parameters (cached: a step reads them)."""
+  return dict(inspect.signature(factory).parameters)
 
 
 def factory_name(factory: Callable[..., Any]) -> str:
@@ -41,7 +49,7 @@ def factory_name(factory: Callable[..., Any]) -> str:
 
 def torch_keys(factory: Callable[..., Any]) -> list[str]:
   """The torch names whose factory arguments `factory` takes."""
-  takes = inspect.signature(factory).parameters
+  takes = _parameters(factory)
   return [key for key, names in TORCH_NAMES.items()
           if all(name in takes for name in names)]
 
@@ -50,12 +58,12 @@ def option_names(tx: Any) -> set[str]:
   """The names a group may use to configure `tx` (torch and optax ones)."""
   if isinstance(tx, optax.GradientTransformation):
     return set(TORCH_NAMES) | {"tx"}
-  return set(TORCH_NAMES) | set(inspect.signature(tx).parameters) | {"tx"}
+  return set(TORCH_NAMES) | set(_parameters(tx)) | {"tx"}
 
 
 def default_options(factory: Callable[..., Any]) -> dict[str, Any]:
   """The factory's numeric defaults under their torch names."""
-  takes = inspect.signature(factory).parameters
+  takes = _parameters(factory)
   options = {}
   for key in torch_keys(factory):
     defaults = tuple(takes[name].default for name in TORCH_NAMES[key])
@@ -98,7 +106,7 @@ def optax_arguments(factory: Callable[..., Any],
   Keys the factory does not take (an LR scheduler's ``initial_lr`` ...) are
   left out, as torch optimizers ignore them.
   """
-  takes = inspect.signature(factory).parameters
+  takes = _parameters(factory)
   arguments = {}
   for key, value in group.items():
     names = TORCH_NAMES.get(key)
@@ -120,7 +128,7 @@ def check_construction(factory: Callable[..., Any],
   if "learning_rate" in group:
     raise TypeError(f"{name} does not take the option learning_rate (its "
                     "learning rate is 'lr', as in torch).")
-  takes = inspect.signature(factory).parameters
+  takes = _parameters(factory)
   unknown = sorted(set(group) - NOT_OPTIONS - set(TORCH_NAMES) - set(takes))
   unknown += sorted(set(group) & set(TORCH_NAMES) - set(torch_keys(factory)))
   if unknown:
@@ -165,7 +173,7 @@ def build(factory: Callable[..., Any], group: dict[str, Any],
   if not dynamic:
     return factory(**arguments), static, injected
   wide = any(p.dtype in (jnp.float64, jnp.complex128) for p in params)
-  not_injected = [name for name in inspect.signature(factory).parameters
+  not_injected = [name for name in _parameters(factory)
                   if name not in dynamic]
   tx = optax.inject_hyperparams(
       factory, static_args=not_injected,
