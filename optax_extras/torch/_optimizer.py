@@ -252,18 +252,14 @@ class OptaxOptimizer(torch.optim.Optimizer):
           f"The step of group {plan.index} failed while running; the groups "
           f"before it have stepped, it and the later ones have not (its "
           f"state may be donated: reload a checkpoint): {error}") from error
-    group, record = self.param_groups[plan.index], self._records[plan.index]
-    cohorts = list(plan.cohorts)
+    group, record = self.param_groups[plan.index], plan.record
     for n, values, state in zip(plan.stepping, new_params, new_states):
-      record.swap_storage(group["params"], cohorts[n].indices, values)
-      cohorts[n] = cohorts[n]._replace(state=state)
-    plan.compiled[tuple(cohorts[n].indices for n in plan.stepping)] = (
-        plan.step)
-    record.tx, record.static, record.compiled = (
-        plan.tx, plan.static, plan.compiled)
-    record.cohorts, record.synced = cohorts, plan.synced
+      record.swap_storage(group["params"], record.cohorts[n].indices, values)
+      record.cohorts[n] = record.cohorts[n]._replace(state=state)
     if record.rate is not None and record.rate.learned:
-      record.synced["lr"] = group["lr"] = record.rate.read(cohorts[0].state)
+      record.synced["lr"] = group["lr"] = record.rate.read(
+          record.cohorts[0].state)
+    self._records[plan.index] = record
 
   def state_dict(self) -> dict[str, Any]:
     """Plain group options and, per group, its optax states as tensors."""

@@ -9,6 +9,7 @@ changes until `commit`, so a failing check leaves every group as it was.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -23,15 +24,16 @@ Cohort = _group.Cohort
 
 
 class Plan(NamedTuple):
-  """A checked, compiled step of group `index`, ready to run."""
+  """A checked, compiled step of group `index`, ready to run.
+
+  `record` is the group's record as it will be once the step ran (new
+  transformation, split and written states); the optimizer swaps it in and
+  puts the step's results into it.
+  """
 
   index: int
-  tx: Any
-  static: dict[str, Any] | None
-  cohorts: list[Cohort]
-  synced: dict[str, Any]
-  stepping: tuple[int, ...]
-  compiled: dict[Any, Any]
+  record: _group.Group
+  stepping: tuple[int, ...]  # positions in record.cohorts that step
   step: Callable[..., Any]
   args: tuple[Any, ...]
 
@@ -158,6 +160,7 @@ def plan(factory, index: int, group: dict[str, Any],
           f"Cannot run the transformation of group {index} on its "
           f"parameters {list(present)} (those with gradients): {error}"
       ) from error
-  synced = {**record.synced, **changed}
-  return Plan(index, tx, static, cohorts, synced, stepping, compiled, step,
-              args)
+  next_record = dataclasses.replace(
+      record, tx=tx, static=static, cohorts=cohorts,
+      synced={**record.synced, **changed}, compiled={**compiled, key: step})
+  return Plan(index, next_record, stepping, step, args)
