@@ -109,8 +109,10 @@ def main(argv=None):
   parser.add_argument("--out", help="also write the report to this file")
   args = parser.parse_args(argv)
   repeats = 3 if args.quick else 15
-  command = "python benchmarks/bench_torch_interop.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+  threads = os.environ.get("OMP_NUM_THREADS")
+  command = (f"OMP_NUM_THREADS={threads} " if threads else "") + (
+      "python benchmarks/bench_torch_interop.py " + " ".join(
+          sys.argv[1:] if argv is None else argv))
   machine = (
       f"{platform.platform()}, {platform.processor() or 'cpu'}, "
       f"{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable "

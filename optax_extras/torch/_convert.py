@@ -21,7 +21,10 @@ def tensor_to_jax(tensor: torch.Tensor) -> jax.Array:
         f"A {tensor.dtype} tensor needs 64-bit JAX: set "
         "jax.config.update('jax_enable_x64', True) or use "
         "`with jax.enable_x64(True):` (JAX would silently halve it).")
-  tensor = tensor.detach().resolve_conj().resolve_neg()
+  if tensor.requires_grad:
+    tensor = tensor.detach()
+  if tensor.is_conj() or tensor.is_neg():
+    tensor = tensor.resolve_conj().resolve_neg()
   if not tensor.is_contiguous():
     tensor = tensor.contiguous()
   return jax.dlpack.from_dlpack(tensor)

@@ -100,11 +100,21 @@ def _cohort_steps(tx, grads, states, params, scratch):
   return new_states, new_params
 
 
-def compile_step(tx, args) -> Callable[..., Any]:
-  """The jitted, donated step of `_cohort_steps` for these arguments."""
+def checked_step(tx, args) -> Callable[..., Any]:
+  """The jitted, donated step of `_cohort_steps`, traced once on `args`.
+
+  Tracing here raises what the transformation rejects before anything is
+  donated; the jitted function (not its ``lower().compile()``, whose
+  Python-side call costs ~1 ms) compiles on its first call. Every argument
+  is placed on the parameters' device, so a value written from Python (an
+  uncommitted array) does not make a second compilation.
+  """
+  device = jax.sharding.SingleDeviceSharding(
+      next(iter(args[2][0][0].devices())))
   step = jax.jit(lambda *a: _cohort_steps(tx, *a), donate_argnums=(1, 3),
-                 keep_unused=True)
-  return step.lower(*args).compile()
+                 keep_unused=True, in_shardings=device)
+  jax.eval_shape(step, *args)
+  return step
 
 
 @dataclasses.dataclass

@@ -154,7 +154,7 @@ def plan(factory, index: int, group: dict[str, Any],
   step = compiled.get(key)
   if step is None:
     try:
-      step = _group.compile_step(tx, args)
+      step = _group.checked_step(tx, args)
     except Exception as error:
       raise ValueError(
           f"Cannot run the transformation of group {index} on its "
