@@ -222,6 +222,21 @@ def test_state_dict_of_split_states_resumes_bitwise():
                                                straight.parameters()))
 
 
+def test_load_state_dict_reads_the_one_state_per_group_format():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 3)
+  state_dict = opt.state_dict()
+  (cohort,) = state_dict["state"][0]["cohorts"]
+  state_dict["state"][0] = {"optax_state": cohort["optax_state"],
+                            "paths": cohort["paths"]}
+  fresh = OptaxOptimizer(_mlp().parameters(), optax.adam, lr=1e-2)
+  fresh.load_state_dict(state_dict)
+  for a, b in zip(jax.tree.leaves(fresh.opt_states),
+                  jax.tree.leaves(opt.opt_states)):
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("key, value", [("tx", "optax.adam"),
                                         ("learning_rate", 0.1),
                                         ("mu_dtype", "bfloat16")])

@@ -93,7 +93,13 @@ def _cohort_state(index, entry, tx, params):
 
 def loaded_cohorts(index: int, entry: Any, tx: Any,
                    params: list[jax.Array]) -> list[tuple[Any, Any]]:
-  """(indices, state) of each saved cohort of group `index` (checked)."""
+  """(indices, state) of each saved cohort of group `index` (checked).
+
+  The format before per-parameter states (``{"optax_state", "paths"}``: one
+  state for the group) loads as one cohort.
+  """
+  if isinstance(entry, dict) and set(entry) == {"optax_state", "paths"}:
+    entry = {"cohorts": [{"params": list(range(len(params))), **entry}]}
   if not isinstance(entry, dict) or set(entry) != {"cohorts"}:
     keys = sorted(entry) if isinstance(entry, dict) else entry
     raise ValueError(
