@@ -211,9 +211,10 @@ def _compare(args: argparse.Namespace) -> int:
   from optax_extras.experiments import results, studies
   options.parse(args.optimizers)
   out, task = _start(args)
+  import jax
   print(f"{args.task} on {args.dataset}, {args.epochs} epochs of batches of "
         f"{args.batch_size}, {args.init} initial weights, on {args.devices} "
-        f"device(s); writing {out}", flush=True)
+        f"{jax.devices()[0].platform} device(s); writing {out}", flush=True)
   run = studies.compare(args.optimizers, seed=args.seed, out=out,
                         progress=not args.quiet, **task)
   print(results.table(run.results))

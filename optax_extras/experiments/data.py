@@ -153,14 +153,15 @@ def load_mnist(data_dir: str) -> Dataset:
 
 class _BatchUnpickler(pickle.Unpickler):
   """Admits only the globals a CIFAR-10 python batch refers to (numpy's array
-  and scalar reconstructors and dtype); any other global (a function a
-  crafted pickle would call) is refused before it is looked up."""
+  and scalar reconstructors and dtype, and `_codecs.encode`, which rebuilds
+  bytes in a protocol-2 pickle written by Python 3); any other global (a
+  function a crafted pickle would call) is refused before it is looked up."""
 
   ALLOWED = frozenset(
       (module, name)
       for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-      for name in ("_reconstruct", "scalar")) | {("numpy", "ndarray"),
-                                                 ("numpy", "dtype")}
+      for name in ("_reconstruct", "scalar")) | {
+          ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
   def find_class(self, module, name):
     if (module, name) not in self.ALLOWED:
