@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   """Checks the options, starts the runtime; the output folder (None on a
   process other than 0) and the Task options."""
-  from optax_extras.experiments import studies
+  from optax_extras.experiments import results
   if check_distributed(args.coordinator_address, args.num_processes,
                        args.process_id):
     import jax
@@ -204,7 +204,7 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   if args.process_id:
     return None, task
   base = os.path.join("runs", f"{args.command}-{args.task}-{args.dataset}")
-  return studies.prepare_out(args.out, base, args.overwrite), task
+  return args.out or results.next_run_dir(base), task
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -216,7 +216,8 @@ def _compare(args: argparse.Namespace) -> int:
         f"{args.batch_size}, {args.init} initial weights, on {args.devices} "
         f"{jax.devices()[0].platform} device(s); writing {out}", flush=True)
   run = studies.compare(args.optimizers, seed=args.seed, out=out,
-                        progress=not args.quiet, **task)
+                        overwrite=args.overwrite, progress=not args.quiet,
+                        **task)
   print(results.table(run.results))
   print(f"wrote {out}: one CSV per optimizer, summary.csv, summary.json, "
         "paper.png, log_loss.png")
@@ -232,7 +233,8 @@ def _sweep(args: argparse.Namespace) -> int:
         f"{','.join(map(str, args.seeds))} on {args.task}/{args.dataset}, "
         f"{args.epochs} epochs; writing {out}", flush=True)
   run = studies.sweep(args.optimizers, args.grid, seeds=args.seeds, out=out,
-                      progress=not args.quiet, **task)
+                      overwrite=args.overwrite, progress=not args.quiet,
+                      **task)
   body = [(label, f"{s['spread']:.3g}", f"{s['spread_non_diverged']:.3g}",
            f"{s['non_diverged_points']}/{s['points']}")
           for label, s in run.spreads.items()]

@@ -101,18 +101,11 @@ def json_value(value: Any) -> Any:
   return value
 
 
-def _next_numbered(base: str) -> str:
-  os.makedirs(base, exist_ok=True)
+def next_run_dir(base: str) -> str:
+  """`base`/run-NNN, numbered one past the highest there (not created)."""
   taken = [int(m.group(1)) for path in glob.glob(os.path.join(base, "run-*"))
            if (m := re.fullmatch(r"run-(\d+)", os.path.basename(path)))]
-  number = max(taken, default=0) + 1
-  while True:
-    path = os.path.join(base, f"run-{number:03d}")
-    try:
-      os.makedirs(path)
-      return path
-    except FileExistsError:
-      number += 1
+  return os.path.join(base, f"run-{max(taken, default=0) + 1:03d}")
 
 
 def _clear_earlier_run(out: str) -> None:
@@ -130,15 +123,13 @@ def _clear_earlier_run(out: str) -> None:
       os.remove(path)
 
 
-def prepare_out(out: str | None, default_base: str, overwrite: bool) -> str:
-  """The folder a run writes to (created): see the module docstring.
+def prepare_out(out: str, overwrite: bool) -> str:
+  """Creates the folder a run writes to: see the module docstring.
 
   Raises:
     RunDirError: `out` is a file, or a non-empty folder without
       `overwrite`, or a non-empty folder no earlier run wrote.
   """
-  if out is None:
-    return _next_numbered(default_base)
   if os.path.exists(out) and not os.path.isdir(out):
     raise RunDirError(f"--out {out} is a file, not a folder")
   if os.path.isdir(out) and os.listdir(out):

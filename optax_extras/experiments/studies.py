@@ -66,9 +66,9 @@ def _experiment(task: Task, dataset, seed: int):
     raise StudyError(str(error)) from None
 
 
-def prepare_out(out: str | None, default_base: str, overwrite: bool) -> str:
+def prepare_out(out: str, overwrite: bool) -> str:
   try:
-    return results.prepare_out(out, default_base, overwrite)
+    return results.prepare_out(out, overwrite)
   except results.RunDirError as error:
     raise StudyError(str(error)) from None
 
@@ -123,7 +123,7 @@ def compare(optimizers: str | Sequence[str] = ",".join(options_lib.PAPER), *,
   experiment = _experiment(task, _load(task), seed)
   writer = None
   if out is not None:
-    out = prepare_out(out, out, overwrite)
+    out = prepare_out(out, overwrite)
     writer = results.RunWriter(out, dict(command="compare", seed=seed,
                                          optimizers=texts) | task.config())
   finished = []
@@ -244,7 +244,7 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
   experiments = {seed: _experiment(task, dataset, seed) for seed in seeds}
   writer = None
   if out is not None:
-    out = prepare_out(out, out, overwrite)
+    out = prepare_out(out, overwrite)
     writer = SweepWriter(out, parsed.name, dict(
         command="sweep", optimizers=texts, grid=grid, seeds=list(seeds))
                          | task.config())
