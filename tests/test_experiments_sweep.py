@@ -118,3 +118,13 @@ def test_sweep_command_writes_csv_summary_and_figure(tmp_path, capsys):
   os.remove(out / "robustness.png")
   assert cli.main(["plot", str(out)]) == 0
   assert mpl_image.imread(out / "robustness.png")[..., :3].std() > 0.05
+
+
+@pytest.mark.parametrize("options_", [dict(batched=False), dict(devices=2)])
+def test_one_at_a_time_and_two_devices_match_the_batched_grid(options_):
+  task = TASK | dict(epochs=1)
+  reference = experiments.sweep("adam,sgd/sgd", "lr=1e-3:1e-1:2", **task)
+  other = experiments.sweep("adam,sgd/sgd", "lr=1e-3:1e-1:2",
+                            **(task | options_))
+  for ours, theirs in zip(other.points, reference.points):
+    np.testing.assert_allclose(ours["losses"], theirs["losses"], rtol=2e-5)

@@ -137,6 +137,10 @@ def parser() -> argparse.ArgumentParser:
   sweep.add_argument("--seeds", type=_int_list, default=(1,), metavar="S1,...",
                      help="seeds, each its own weights and batches: mean and "
                      "spread per point (default: 1)")
+  sweep.add_argument("--no-vmap", action="store_true",
+                     help="train the grid's values one at a time instead of "
+                     "as one jax.vmap batch per optimizer (less memory, one "
+                     "compilation per value)")
   plot = commands.add_parser("plot", help="redraw the figures of a run")
   plot.add_argument("run_dir", metavar="RUN_DIR")
   return top
@@ -234,7 +238,7 @@ def _sweep(args: argparse.Namespace) -> int:
         f"{args.epochs} epochs; writing {out}", flush=True)
   run = studies.sweep(args.optimizers, args.grid, seeds=args.seeds, out=out,
                       overwrite=args.overwrite, progress=not args.quiet,
-                      **task)
+                      batched=not args.no_vmap, **task)
   body = [(label, f"{s['spread']:.3g}", f"{s['spread_non_diverged']:.3g}",
            f"{s['non_diverged_points']}/{s['points']}")
           for label, s in run.spreads.items()]

@@ -86,6 +86,7 @@ class Curves(NamedTuple):
 
 
 def curves(result: Result) -> Curves:
+  """What the figures draw of `result`."""
   return Curves(result.label, result.table(), result.summary["diverged_step"])
 
 

@@ -112,8 +112,9 @@ def compare(optimizers: str | Sequence[str] = ",".join(options_lib.PAPER), *,
     StudyError: bad data, devices or output folder.
 
   Example:
-    >>> run = compare("sgd,adam", epochs=1, hidden_size=8)  # doctest: +SKIP
-    >>> run.results[1].summary["valid_accuracy"]  # doctest: +SKIP
+    >>> run = compare("sgd,adam_hd", epochs=1, hidden_size=8, hidden_layers=1)
+    >>> [r.label for r in run.results], run.results[1].columns[-1]
+    (['sgd', 'adam_hd'], 'L1.learning_rate')
   """
   from optax_extras.experiments import optimizers as optimizers_lib
   texts = [optimizers] if isinstance(optimizers, str) else list(optimizers)
@@ -211,7 +212,7 @@ def spread(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
           seeds: Sequence[int] = (1,), out: str | None = None,
           overwrite: bool = False, progress: bool = False,
-          **task_options) -> Sweep:
+          batched: bool = True, **task_options) -> Sweep:
   """Trains every optimizer from every value of a grid of one option, for
   several seeds (``optax-extras sweep``): the gdtuo paper's sensitivity study.
 
@@ -225,6 +226,9 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
       robustness.png (written as each optimizer finishes); None: none.
     overwrite: if `out` holds an earlier run, remove its files first.
     progress: one progress bar over the whole grid.
+    batched: train the grid's values of one optimizer as one `jax.vmap`-ed
+      batch where the transformation allows (`Experiment.train_grid`); False
+      trains them one at a time (less memory, one compilation per value).
     **task_options: the fields of `Task`.
 
   Returns:
@@ -234,6 +238,12 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
     options.OptimizerError: a bad name, option, grid or value (before
       training; every grid value is checked against the option's range).
     StudyError: bad data, devices or output folder.
+
+  Example:
+    >>> run = sweep("sgd", "lr=0.01:1:3", epochs=1, hidden_size=8,
+    ...             hidden_layers=1)
+    >>> [(row["value"], row["diverged"]) for row in run.rows]
+    [(0.01, False), (0.1, False), (1.0, False)]
   """
   import tqdm
   texts = [optimizers] if isinstance(optimizers, str) else list(optimizers)
@@ -246,14 +256,15 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
   if out is not None:
     out = prepare_out(out, overwrite)
     writer = SweepWriter(out, parsed.name, dict(
-        command="sweep", optimizers=texts, grid=grid, seeds=list(seeds))
+        command="sweep", optimizers=texts, grid=grid, seeds=list(seeds),
+        batched=batched)
                          | task.config())
   result = Sweep([], [], {}, out)
   total = len(choices) * len(seeds) * len(parsed.values) * task.epochs
   with tqdm.tqdm(total=total, desc="sweep", unit="run-epoch",
                  disable=None if progress else True) as bar:
     for choice in choices:
-      _sweep_one(result, choice, parsed, experiments, bar)
+      _sweep_one(result, choice, parsed, experiments, bar, batched)
       if writer:
         writer.write(result, complete=False)
   if writer:
@@ -261,10 +272,11 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
   return result
 
 
-def _sweep_one(result: Sweep, choice, grid, experiments, bar) -> None:
+def _sweep_one(result: Sweep, choice, grid, experiments, bar, batched) -> None:
   points = []
   for seed, experiment in experiments.items():
-    for point in experiment.train_grid(choice, grid.name, grid.values, bar):
+    for point in experiment.train_grid(choice, grid.name, grid.values, bar,
+                                       batched):
       points.append(dict(optimizer=choice.label, seed=seed) | point)
   rows = [_row(choice.label, grid.name, value,
                [p for p in points if p["value"] == value])

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from optax_extras.experiments import data as data_lib
 from optax_extras.experiments import optimizers
+from optax_extras.experiments import options
 from optax_extras.experiments.options import Choice
 from optax_extras.experiments.results import COLUMNS, Result
 
@@ -271,23 +272,26 @@ class Experiment:
 
   # --- a grid of values of one option ---------------------------------------
 
-  def _grid_groups(self, choice: Choice, key: str, values: Sequence[float]):
+  def _grid_groups(self, choice: Choice, key: str, values: Sequence[float],
+                   batched: bool = True):
     """How to train the grid: (values, tx of a value) groups, each one
     vmapped batch. Flat optimizers take the value traced, so the whole grid
     is one batch; a stack takes its learned hyperparameters' initial values
     from its state only, so one transformation serves the whole grid; any
     other option of a stack is closed over, so each value is its own batch
-    (one compilation each)."""
+    (one compilation each), as every value is when not `batched`."""
+    one_each = [((value,), lambda _, tx=optimizers.build(
+        choice.with_option(key, value)).tx: tx) for value in values]
+    if not batched:
+      return one_each
     if not choice.is_stack:
       return [(tuple(values),
                lambda value: optimizers.build_traced(choice, key, value))]
     built = optimizers.build(choice.with_option(key, values[0]))
-    names = optimizers.options_lib.LEVELS[choice.levels[0]][1]
-    state = built.tx.init(self.init_params)
-    if f"L1.{names[key]}" in built.learned(state):
+    names = options.LEVELS[choice.levels[0]][1]
+    if f"L1.{names[key]}" in built.learned(built.tx.init(self.init_params)):
       return [(tuple(values), lambda value: built.tx)]
-    return [((value,), lambda _, tx=optimizers.build(
-        choice.with_option(key, value)).tx: tx) for value in values]
+    return one_each
 
   def _grid_epoch_fn(self, tx_of: Callable[[Any], Any],
                      built: optimizers.Built):
@@ -299,7 +303,8 @@ class Experiment:
                    donate_argnums=(1, 2), out_shardings=self.replicated)
 
   def train_grid(self, choice: Choice, key: str, values: Sequence[float],
-                 bar: tqdm.tqdm | None = None) -> list[dict[str, Any]]:
+                 bar: tqdm.tqdm | None = None,
+                 batched: bool = True) -> list[dict[str, Any]]:
     """Trains `choice` from every value of option `key`, batched.
 
     Each batch of values (see `_grid_groups`) runs as one `jax.vmap`-ed,
@@ -307,7 +312,8 @@ class Experiment:
     batch size (memory: that many copies of params and state), the data is
     shared. A diverged value keeps computing NaN until its batch ends (the
     others go on); its result is marked diverged at its first non-finite
-    step.
+    step. With `batched` False every value is its own batch of one: one
+    compilation per value, one copy of params and state in memory.
 
     Returns:
       One dict per value, in order: value, train_loss (mean of the last
@@ -316,7 +322,7 @@ class Experiment:
       hyperparameters (``L1.learning_rate`` ...) and final_state.
     """
     points = []
-    for group, tx_of in self._grid_groups(choice, key, values):
+    for group, tx_of in self._grid_groups(choice, key, values, batched):
       points += self._train_batch(choice, key, group, tx_of, bar)
     return points
 
