@@ -214,7 +214,10 @@ def read_run(run_dir: str) -> list[Curves]:
   """The curves of every optimizer a comparison in `run_dir` finished."""
   runs = []
   for entry in read_summary(run_dir).get("results", []):
-    header, values = read_csv(os.path.join(run_dir, entry["csv"]))
+    path = os.path.join(run_dir, entry["csv"])
+    if not os.path.isfile(path):
+      raise RunDirError(f"{path}, listed in {SUMMARY}, is missing")
+    header, values = read_csv(path)
     runs.append(Curves(entry["optimizer"], dict(zip(header, values.T)),
                        entry.get("diverged_step")))
   return runs

@@ -239,8 +239,9 @@ class Experiment:
         params, opt_state, (losses, rates, learned) = jax.device_get(
             epoch_fn(params, opt_state, images, labels))
         step_time += time.perf_counter() - step_start
-        if first_non_finite(losses) is None:
-          valid_loss, accuracy = self.evaluate(params)
+        valid_loss, accuracy = (
+            self.evaluate(params) if first_non_finite(losses) is None
+            else (math.nan, math.nan))
         previous, elapsed = elapsed, time.perf_counter() - start
         times = previous + (elapsed - previous) * np.arange(
             1, self.steps + 1) / self.steps
