@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from typing import Sequence
 
 from optax_extras.experiments import options
@@ -38,7 +39,7 @@ optimizer lists (--optimizers):
 
 
 def _epilog() -> str:
-  return (_LISTS + "\n" + options.DEFAULTS_NOTE
+  return (_LISTS + "\n" + textwrap.fill(options.DEFAULTS_NOTE, 78)
           + "\n\noptimizers and their default options:\n" + options.describe())
 
 

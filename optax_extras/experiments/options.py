@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 PAPER = ("sgd", "sgd_hd", "sgdn", "sgdn_hd", "adam", "adam_hd")
@@ -173,7 +174,9 @@ def describe() -> str:
       f"{name} ({','.join(options)})" for name, (_, options) in LEVELS.items())
                + f"; gdtuo's defaults, lr={HYPER_LEVEL_LR:g} above the model's"
                " level")
-  lines.append("ranges: " + "; ".join(f"{k} {r}" for k, r in RANGES.items()))
+  lines.append(textwrap.fill(
+      "ranges: " + "; ".join(f"{k} {r}" for k, r in RANGES.items()), 78,
+      subsequent_indent="  "))
   return "\n".join(lines)
 
 
