@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 import torch_reference  # noqa: E402  (needs torch)
 from optax_extras import experiments  # noqa: E402
 from optax_extras.experiments import data  # noqa: E402
+from optax_extras.experiments import options  # noqa: E402
 from optax_extras.experiments import train  # noqa: E402
 
 EPOCHS = 3
@@ -95,15 +96,16 @@ def _train_py_loop(method, init_params):
 
 @pytest.fixture(scope="module")
 def paper_run():
-  run = experiments.compare(",".join(experiments.options.PAPER), seed=SEED,
+  run = experiments.compare(",".join(options.PAPER), seed=SEED,
                             epochs=EPOCHS, hidden_size=HIDDEN, hidden_layers=2,
                             init="torch")
   return {r.label: r for r in run.results}
 
 
 _PER_TENSOR = pytest.mark.xfail(
-    reason="upstream AdamHD moves the rate inside its per-tensor loop; "
-    "optax_extras.adam_hd uses the paper's one global dot product until "
+    reason="upstream AdamHD moves the rate inside its per-tensor loop (in "
+    "model.parameters() order: lin1.weight, lin1.bias, ...); "
+    "optax_extras.adam_hd takes the paper's one global dot product until "
     "hypergradient='per_tensor' exists", strict=False)
 
 
