@@ -106,7 +106,9 @@ def _add_task(command: argparse.ArgumentParser, default_optimizers: str | None):
   add("--quiet", action="store_true", help="no progress bars")
   group = command.add_argument_group(
       "several hosts (JAX's multi-controller runtime, "
-      "jax.distributed.initialize; process 0 writes the files)")
+      "jax.distributed.initialize; every process loads the same data, "
+      "--devices counts the devices of all processes, process 0 writes "
+      "the files)")
   group.add_argument("--coordinator-address", metavar="HOST:PORT")
   group.add_argument("--num-processes", type=_positive_int, metavar="N")
   group.add_argument("--process-id", type=int, metavar="I")
