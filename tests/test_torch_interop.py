@@ -189,7 +189,7 @@ def test_writing_lr_overrides_the_learned_rate():
   grads = [p.grad.clone() for p in model.parameters()]
   before = [p.detach().clone() for p in model.parameters()]
   direction = [np.asarray(d) for d in
-               opt.opt_states[0].inner_state.prev_direction]
+               optax.tree.get(opt.opt_states[0], "prev_direction")]
   opt.step()
   rate = opt.param_groups[0]["lr"]
   hypergradient = sum(float((g * torch.from_numpy(np.asarray(d))).sum())
