@@ -18,6 +18,7 @@ PAGES = {
     "api/optax_extras": "optax_extras",
     "api/gdtuo": "optax_extras.gdtuo",
     "api/torch": "optax_extras.torch",
+    "api/experiments": "optax_extras.experiments",
 }
 _LISTED = re.compile(r"^   (\w+)$", flags=re.MULTILINE)
 
