@@ -112,9 +112,15 @@ def _base_rate(learning_rate: optax.ScalarOrSchedule, count: jax.Array,
 
 
 def _initial_rates(learning_rate: optax.ScalarOrSchedule):
-  """(learning_rate, base_learning_rate) of a new state: both the base."""
-  value = learning_rate(0) if callable(learning_rate) else learning_rate
-  rate = jnp.asarray(value, _common.learned_rate_dtype(value))
+  """(learning_rate, base_learning_rate) of a new state: both the base.
+
+  The dtype is that of a float rate (of ``learning_rate(0)`` for a
+  schedule), the value the schedule's at an int32 count, as in ``update``
+  (optax schedules compute in float32 from an int32 count).
+  """
+  given = learning_rate(0) if callable(learning_rate) else learning_rate
+  rate = _base_rate(learning_rate, jnp.zeros([], jnp.int32),
+                    _common.learned_rate_dtype(given))
   return rate, jnp.copy(rate)
 
 
