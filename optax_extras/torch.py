@@ -84,10 +84,15 @@ def _rate_leaves(state: Any) -> tuple[list[jax.Array], list[jax.Array]]:
 
 
 def _set_rate(state: Any, value: float) -> Any:
+  """`value` into the learned learning_rate fields of `state`, or where there
+  are none into its injected ones (an injected rate is the base of a learned
+  one: writing both would move the learned rate twice)."""
+  learned, _ = _rate_leaves(state)
+  field = "name" if learned else "key"
+
   def replace(path, leaf):
     key = path[-1] if path else None
-    named = (getattr(key, "name", None) == "learning_rate"
-             or getattr(key, "key", None) == "learning_rate")
+    named = getattr(key, field, None) == "learning_rate"
     if named and getattr(leaf, "shape", None) == ():
       return jnp.asarray(value, leaf.dtype)
     return leaf
