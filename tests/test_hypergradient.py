@@ -558,3 +558,40 @@ def test_reduce_on_plateau_chains_after_hd(name):
                                value=jnp.ones([]))
     params = optax.apply_updates(params, updates)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+# ------------------------------------------------------- compiled structure
+
+def _fusions_reading_a_scalar_per_leaf(tx, num_leaves):
+  """How many fusions of the compiled step take more scalar operands than
+  half the number of leaves (e.g. one per-leaf partial sum each)."""
+  params = [jnp.full((8, 8), 0.1 + k) for k in range(num_leaves)]
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  hlo = jax.jit(step).lower(params, tx.init(params), params).compile()
+  return sum(1 for line in hlo.as_text().splitlines()
+             if line.startswith("%fused_computation")
+             and line.count("[]") > num_leaves // 2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion")
+@pytest.mark.parametrize("kwargs", [
+    dict(hypergradient="per_tensor"),
+    dict(learning_rate_bounds=(0.0, 1.0)),
+    dict(hypergradient="per_tensor", learning_rate_bounds=(0.0, 1.0))])
+def test_adam_hd_leaf_updates_read_the_learned_rates_computed_once(kwargs):
+  """The learned rates are computed once (at most one fusion sums the
+  per-leaf hypergradients), not again in the update of every leaf: that
+  made compile time quadratic in the number of leaves."""
+  tx = optax_extras.adam_hd(1e-3, hypergrad_lr=1e-4, **kwargs)
+  assert _fusions_reading_a_scalar_per_leaf(tx, num_leaves=40) <= 1
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion")
+def test_bounded_sgd_hd_leaf_updates_read_the_learned_rate_computed_once():
+  tx = optax_extras.sgd_hd(1e-3, hypergrad_lr=1e-4, momentum=0.9,
+                           nesterov=True, learning_rate_bounds=(0.0, 1.0))
+  assert _fusions_reading_a_scalar_per_leaf(tx, num_leaves=40) <= 1
