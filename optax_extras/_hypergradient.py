@@ -136,13 +136,11 @@ def _learned_rates(learning_rate: optax.ScalarOrSchedule, state: Any,
 
   The increments go through a `jax.lax.scan`, not a Python loop: XLA:CPU
   copies a chain of scalar operations (the sum of the per-leaf dot products,
-  partial sums, clips) into every fusion that reads its result, which made
-  compile time quadratic in the number of leaves. Reading the rates from the
-  loop's output instead (also to order the state writes after the reads)
-  measured at 200 leaves of 64x64: per-tensor Adam-HD 51 s -> 8.6 s,
-  Adam-HD 80 s -> 6-8 s, Nesterov SGD-HD 21 s -> 2.5 s. XLA inlines a loop
-  of one iteration, so a single increment is followed by a zero one
-  (``x + 0 = x`` and the clip is idempotent: the last rate is unchanged).
+  partial sums, clips) into every fusion that reads its result, which makes
+  compile time quadratic in the number of leaves; the leaves read the
+  loop's output instead. XLA inlines a loop of one iteration, so a single
+  increment is followed by a zero one (``x + 0 = x`` and the clip is
+  idempotent: the last rate is unchanged).
   """
   dtype = state.learning_rate.dtype
   base = _base_rate(learning_rate, state.count, dtype)
@@ -311,8 +309,12 @@ def sgd_hd(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     first_step = state.count == 0
-    hypergradient = _common.tree_vdot(updates, state.prev_direction,
-                                      state.learning_rate.dtype)
+    dtype = state.learning_rate.dtype
+    # Per-leaf partial products: each leaf's new state is ordered after its
+    # own (see `_common.ordered_after`).
+    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, dtype),
+                            updates, state.prev_direction)
+    hypergradient = _common.sum_leaves(partials, dtype)
     rates, base = _learned_rates(learning_rate, state,
                                  [hypergrad_lr * hypergradient], bounds)
     rate = rates[-1]
@@ -325,8 +327,8 @@ def sgd_hd(
     # dtype it was initialised with, that of params, whatever the gradients'.
     if nesterov:
       buffer = jax.tree.map(momentum_step, updates, state.momentum_buffer)
-      buffer = _common.ordered_after(rate, buffer,
-                                     state.momentum_buffer)
+      buffer = jax.tree.map(_common.ordered_after, partials, buffer,
+                            state.momentum_buffer)
       direction = jax.tree.map(
           lambda g, b: (g + momentum * b).astype(b.dtype), updates, buffer)
     else:
@@ -335,8 +337,8 @@ def sgd_hd(
           lambda g, b: jnp.where(momentum == 0, g.astype(b.dtype),
                                  momentum_step(g, b)),
           updates, state.prev_direction)
-    direction = _common.ordered_after(rate, direction,
-                                      state.prev_direction)
+    direction = jax.tree.map(_common.ordered_after, partials, direction,
+                             state.prev_direction)
     new_updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype),
                                direction)
     return new_updates, SGDHDState(
@@ -346,25 +348,29 @@ def sgd_hd(
       weight_decay, optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
-def _adam_hypergradient_increments(updates, state, b1, b2, eps,
-                                   hypergrad_lr, per_tensor):
-  r"""``hypergrad_lr * h``: one for all leaves, or one per leaf in order.
+def _adam_hypergradient_partials(updates, state, eps):
+  r"""Per leaf ``<g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>``, in the rate's
+  dtype."""
+  dtype = state.learning_rate.dtype
+  return jax.tree.map(
+      lambda g, m, v: _common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype),
+      updates, state.mu, state.nu)
 
-  ``h = c_{t-1} <g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>`` (over one leaf
-  with ``per_tensor``), 0 on the first step.
+
+def _adam_hypergradient_increments(partials, state, b1, b2, hypergrad_lr,
+                                   per_tensor):
+  """``hypergrad_lr * h``: one for all leaves, or one per leaf in order.
+
+  ``h = c_{t-1}`` times the sum of the `partials` (of one leaf with
+  ``per_tensor``), 0 on the first step.
   """
   dtype = state.learning_rate.dtype
-  prev_direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps),
-                                state.mu, state.nu)
   prev_scale = _common.adam_step_scale(
       b1, b2, jnp.maximum(state.count, 1)).astype(dtype)
   if per_tensor:
-    products = jax.tree.leaves(jax.tree.map(
-        lambda g, d: jnp.vdot(g.astype(dtype), d.astype(dtype)),
-        updates, prev_direction)) or [jnp.zeros([], dtype)]
+    products = jax.tree.leaves(partials) or [jnp.zeros([], dtype)]
   else:
-    products = [_common.tree_vdot(updates, prev_direction, dtype,
-                                  one_pass=True)]
+    products = [_common.sum_leaves(partials, dtype)]
   # A select, not a product with 0: with eps = 0 the first direction is
   # 0 / 0, and the reference skips the hypergradient on the first step.
   return [hypergrad_lr * jnp.where(state.count > 0, prev_scale * p, 0.0)
@@ -479,12 +485,15 @@ def adam_hd(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    partials = _adam_hypergradient_partials(updates, state, eps)
     increments = _adam_hypergradient_increments(
-        updates, state, b1, b2, eps, hypergrad_lr, per_tensor)
+        partials, state, b1, b2, hypergrad_lr, per_tensor)
     rates, base = _learned_rates(learning_rate, state, increments, bounds)
     count = optax.safe_increment(state.count)
     mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
-    mu, nu = _common.ordered_after(rates[-1], (mu, nu), (state.mu, state.nu))
+    # Each leaf's new moments are ordered after its own partial product.
+    mu = jax.tree.map(_common.ordered_after, partials, mu, state.mu)
+    nu = jax.tree.map(_common.ordered_after, partials, nu, state.nu)
     scale = _common.adam_step_scale(b1, b2, count).astype(rates[-1].dtype)
     mu_leaves, treedef = jax.tree.flatten(mu)
     leaf_rates = list(rates) if per_tensor else [rates[-1]] * len(mu_leaves)

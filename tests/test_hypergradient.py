@@ -109,7 +109,7 @@ def test_tree_get_reads_learned_rate(name):
   _, state = tx.update(_grads(_params()), state)
   _, state = tx.update(_grads(_params()), state)
   assert float(optax.tree.get(state, "learning_rate")) == float(
-      state.learning_rate)
+      state[-1].learning_rate)
 
 
 @pytest.mark.parametrize("name", HD)
@@ -416,10 +416,10 @@ def test_tree_set_learning_rate_sets_the_rate_the_next_step_starts_from(
   state = tx.init(params)
   for _ in range(2):
     _, state = tx.update(_grads(params), state, params)
-  free = tx.update(_grads(params), state, params)[1].learning_rate
-  state = optax.tree.set(state, learning_rate=state.learning_rate + 0.5)
+  free = _tree_get_rate(tx.update(_grads(params), state, params)[1])
+  state = optax.tree.set(state, learning_rate=_tree_get_rate(state) + 0.5)
   _, state = tx.update(_grads(params), state, params)
-  np.testing.assert_allclose(state.learning_rate, free + 0.5, rtol=1e-6)
+  np.testing.assert_allclose(_tree_get_rate(state), free + 0.5, rtol=1e-6)
 
 
 # ------------------------------------------------------- learned-rate bounds
