@@ -579,6 +579,7 @@ def _fusions_reading_a_scalar_per_leaf(tx, num_leaves):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion")
 @pytest.mark.parametrize("kwargs", [
+    dict(),
     dict(hypergradient="per_tensor"),
     dict(learning_rate_bounds=(0.0, 1.0)),
     dict(hypergradient="per_tensor", learning_rate_bounds=(0.0, 1.0))])
@@ -591,7 +592,8 @@ def test_adam_hd_leaf_updates_read_the_learned_rates_computed_once(kwargs):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion")
-def test_bounded_sgd_hd_leaf_updates_read_the_learned_rate_computed_once():
+@pytest.mark.parametrize("bounds", [(None, None), (0.0, 1.0)])
+def test_sgd_hd_leaf_updates_read_the_learned_rate_computed_once(bounds):
   tx = optax_extras.sgd_hd(1e-3, hypergrad_lr=1e-4, momentum=0.9,
-                           nesterov=True, learning_rate_bounds=(0.0, 1.0))
+                           nesterov=True, learning_rate_bounds=bounds)
   assert _fusions_reading_a_scalar_per_leaf(tx, num_leaves=40) <= 1
