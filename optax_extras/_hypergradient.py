@@ -134,18 +134,22 @@ def _learned_rates(learning_rate: optax.ScalarOrSchedule, state: Any,
   ``hypergradient="per_tensor"``), clipped to `bounds` after each; the
   result holds the rate after each increment.
 
-  The increments go through a `jax.lax.scan`, not a Python loop: XLA:CPU
-  copies a chain of scalar operations (the sum of the per-leaf dot products,
-  partial sums, clips) into every fusion that reads its result, which makes
-  compile time quadratic in the number of leaves; the leaves read the
-  loop's output instead. XLA inlines a loop of one iteration, so a single
-  increment is followed by a zero one (``x + 0 = x`` and the clip is
-  idempotent: the last rate is unchanged).
+  Several increments or a clip go through a `jax.lax.scan`, not a Python
+  loop: XLA:CPU copies such a chain of scalar operations (with the sum of
+  the per-leaf dot products before it) into every fusion that reads its
+  result, which makes compile time quadratic in the number of leaves; the
+  leaves read the loop's output instead. XLA inlines a loop of one
+  iteration, so a single clipped increment is followed by a zero one
+  (``x + 0 = x`` and the clip is idempotent: the rate is unchanged). One
+  increment without bounds (the default) is one addition, which XLA computes
+  once.
   """
   dtype = state.learning_rate.dtype
   base = _base_rate(learning_rate, state.count, dtype)
   # A constant base adds an exact 0: the reference's `lr += hypergrad_lr * h`.
   start = state.learning_rate + (base - state.base_learning_rate)
+  if len(increments) == 1 and bounds == (None, None):
+    return (start + increments[0].astype(dtype))[None], base
   if len(increments) == 1:
     increments = [increments[0], jnp.zeros([], dtype)]
 
