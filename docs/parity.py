@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import optax_extras  # noqa: E402  pylint: disable=wrong-import-position
 import test_gdtuo  # noqa: E402  pylint: disable=wrong-import-position
+import test_hypergradient  # noqa: E402  pylint: disable=wrong-import-position
 import torch_reference as ref  # noqa: E402  pylint: disable=wrong-import-position
 
 OUT = ROOT / "docs" / "migration" / "parity_results.md"
@@ -64,6 +65,24 @@ def flat_case_rows(algo: str) -> list[str]:
     note = " (global dot product)" if case.reference == "global_dot" else ""
     rows.append(f"| `{name}`{note} | {_hparams(case.hparams)} | "
                 + " | ".join(cells) + f" | {'/'.join(sorted(sources))} |")
+  return rows
+
+
+def per_tensor_rows() -> list[str]:
+  """adam_hd on the test suite's MLP against AdamHD's per-tensor loop, with
+  hypergradient="per_tensor" and, for contrast, the default "global"."""
+  hd = test_hypergradient
+  rows = []
+  for case, hparams in hd.MLP_CASES.items():
+    for mode in ("per_tensor", "global"):
+      cells = []
+      for dtype in ref.DTYPES:
+        torch_run, jax_run = hd._mlp_runs(case, dtype, mode)  # pylint: disable=protected-access
+        cells += [
+            f"{hd._max_tensor_relative_difference(jax_run, torch_run):.1e}",  # pylint: disable=protected-access
+            f"{ref.max_relative_difference(jax_run['lr'], torch_run['lr']):.1e}"]
+      rows.append(f"| `{case}` | {_hparams(hparams)} | `{mode}` | "
+                  + " | ".join(cells) + " |")
   return rows
 
 
@@ -127,6 +146,28 @@ def main() -> None:
         f"<!-- end {algo} -->",
         "",
     ]
+  lines += [
+      "<!-- begin adam_hd_per_tensor -->",
+      "### `optax_extras.adam_hd(hypergradient=...)` against `hypergrad.AdamHD` "
+      "on an MLP",
+      "",
+      "AdamHD updates the rate inside its loop over tensors; "
+      "`hypergradient=\"per_tensor\"` does the same. The test suite's MLP "
+      f"(tests/test_hypergradient.py), {test_hypergradient.MLP_STEPS} steps. "
+      "Params: `max |ours - upstream| / max |upstream|` per tensor (weights "
+      "and biases pass near zero), the largest over tensors and steps "
+      f"{', '.join(map(str, test_hypergradient.MLP_CHECKPOINTS))}; learned "
+      "rate: relative, every step. The default `\"global\"` (the paper's "
+      "one dot product) is shown for contrast: it is a different algorithm "
+      "on several tensors.",
+      "",
+      "| case | hyperparameters | hypergradient | params float64 "
+      "| learned rate float64 | params float32 | learned rate float32 |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
+      *per_tensor_rows(),
+      "<!-- end adam_hd_per_tensor -->",
+      "",
+  ]
   lines += [
       "<!-- begin gdtuo -->",
       "### `optax_extras.gdtuo` against `gradient_descent_the_ultimate_optimizer`",
