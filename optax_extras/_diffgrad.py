@@ -41,7 +41,7 @@ def scale_by_diffgrad(
     eps: float = 1e-8,
     *,
     mu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by diffGrad's friction-damped Adam direction.
 
   With the gradient :math:`g_t` and :math:`t` counted from 1::
@@ -70,7 +70,7 @@ def scale_by_diffgrad(
     mu_dtype: dtype of the first moment (default: that of the params).
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _checks.check_decay("b1", b1)
   _checks.check_decay("b2", b2)
@@ -85,8 +85,8 @@ def scale_by_diffgrad(
         prev_grad=optax.tree.zeros_like(params),
     )
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     count = optax.safe_increment(state.count)
     mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
     step_scale = _common.adam_step_scale(b1, b2, count)
@@ -100,7 +100,7 @@ def scale_by_diffgrad(
     prev_grad = optax.tree.cast_like(updates, state.prev_grad)
     return new_updates, ScaleByDiffGradState(count, mu, nu, prev_grad)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def diffgrad(
@@ -111,7 +111,7 @@ def diffgrad(
     weight_decay: float = 0.0,
     *,
     mu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""diffGrad optimizer, numerically the reference `torch_optimizer.DiffGrad`.
 
   ``params <- params - learning_rate * scale_by_diffgrad(g + weight_decay *
@@ -137,7 +137,7 @@ def diffgrad(
     mu_dtype: dtype of the first moment (default: that of the params).
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_extras
