@@ -54,7 +54,11 @@ def scale_by_expectigrad(
   Semantic choices:
 
   * Where an element has only seen zero gradients, its counter and sum are
-    both 0 and its step is 0, as in the reference.
+    both 0 and its step is 0, as in the reference. (The 0/0 is computed as
+    ``s_t / max(n_t, 1)``: a zero counter means every square added was 0,
+    so the sum is 0. That is one select per element fewer than a ``where``
+    on ``n_t > 0``, and the step is partly compute-bound on XLA:CPU:
+    benchmarks/results/optimizers.md.)
   * The counter counts the squares added to the sum, as the reference's
     ``sign(g^2)``: a nonzero gradient whose square underflows to 0 counts as
     a zero gradient.
@@ -106,7 +110,7 @@ def scale_by_expectigrad(
     sum_sq = jax.tree.map(jnp.add, state.sum_sq, squares)
 
     def normalized_step(g, s, n):
-      mean_sq = jnp.where(n > 0, s / n.astype(s.dtype), 0.0)
+      mean_sq = s / jnp.maximum(n, 1).astype(s.dtype)
       return (g / (jnp.sqrt(mean_sq) + eps)).astype(g.dtype)
 
     if sparse_counter:
