@@ -152,7 +152,7 @@ def main(argv=None) -> None:
     lines += jax_rows(device, QUICK_ELEMENTS if args.quick else ELEMENTS,
                       args)
     lines += torch_rows(args)
-  common.emit("\n".join(lines) + "\n", args.out)
+  common.emit("\n".join(lines) + "\n", args)
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ def main(argv=None) -> None:
   for count in leaves:
     print(f"{count} leaves:", flush=True)
     results[count] = measure_leaf_count(names, count, history, args)
-  common.emit(report(results, history, names, args), args.out)
+  common.emit(report(results, history, names, args), args)
 
 
 if __name__ == "__main__":

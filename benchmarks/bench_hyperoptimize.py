@@ -193,7 +193,7 @@ def main(argv=None) -> None:
       "the new update cost what optax.adam's update does.",
       "",
   ]
-  common.emit("\n".join(lines), args.out)
+  common.emit("\n".join(lines), args)
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ def main(argv=None):
   if not args.quick:
     lines += memory_table()
   lines += torch_table(SIZES[sizes[0]][0], rows_by_size[sizes[0]], args)
-  common.emit("\n".join(lines), args.out)
+  common.emit("\n".join(lines), args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
       "e.g. --out benchmarks/results/NAME.md to refresh the committed one)")
   result.add_argument("--quick", action="store_true",
                       help="a small, fast run (smoke test, noisy numbers)")
+  result.add_argument("--note", default=None,
+                      help="a sentence added under the report's title, e.g. "
+                      "on the load of the machine during the run")
   return result
 
 
@@ -61,8 +64,15 @@ def _cpu_model() -> str | None:
   return None
 
 
-def emit(report: str, out: pathlib.Path | None) -> None:
-  """Prints the report and writes it to ``out`` when given."""
+def emit(report: str, args: argparse.Namespace) -> None:
+  """Prints the report and writes it to ``args.out`` when given.
+
+  ``args.note``, when given, goes under the report's title line.
+  """
+  if args.note:
+    title, _, rest = report.partition("\n")
+    report = f"{title}\n\n{args.note}\n{rest}"
+  out = args.out
   print(report)
   if out is not None:
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -145,11 +145,15 @@ def free_port() -> int:
 def start_workers(num_processes: int, out_dir: str) -> list[subprocess.Popen]:
   """Starts ``num_processes`` workers on 127.0.0.1, one CPU device each.
 
-  Worker i writes its final params to ``out_dir/process{i}.npz``.
+  The workers import the optax_extras of this checkout. Worker i writes
+  its final params to ``out_dir/process{i}.npz``.
   """
   coordinator = f"127.0.0.1:{free_port()}"
+  repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = (repository, os.environ.get("PYTHONPATH", ""))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
+             JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join(path for path in paths if path))
   return [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), "--coordinator", coordinator,
        "--num-processes", str(num_processes), "--process-id", str(i),
