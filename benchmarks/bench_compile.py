@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import common  # first: this checkout's optax_extras, not an installed one
 import optax_extras
 from optax_extras import gdtuo
 
-import common
 from timing import round_robin_medians
 
 LEAF_SHAPE = (64, 64)

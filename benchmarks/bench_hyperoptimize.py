@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import common  # first: this checkout's optax_extras, not an installed one
 from optax_extras import gdtuo
 
-import common
 from timing import round_robin_medians
 
 SIZES = (784, 1024, 10)

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import common  # first: this checkout's optax_extras, not an installed one
 import optax_extras
 
-import common
 from timing import round_robin_medians
 
 SIZES = {

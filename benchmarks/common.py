@@ -1,4 +1,9 @@
-"""Command line, machine line and output shared by the benchmark scripts."""
+"""Command line, machine line and output shared by the benchmark scripts.
+
+Importing this module puts the checkout that holds it first on ``sys.path``,
+so a benchmark measures this checkout's optax_extras even where another copy
+is installed: scripts import it before optax_extras.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import platform
 import shlex
 import sys
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

@@ -145,15 +145,11 @@ def free_port() -> int:
 def start_workers(num_processes: int, out_dir: str) -> list[subprocess.Popen]:
   """Starts ``num_processes`` workers on 127.0.0.1, one CPU device each.
 
-  The workers import the optax_extras of this checkout. Worker i writes
-  its final params to ``out_dir/process{i}.npz``.
+  Worker i writes its final params to ``out_dir/process{i}.npz``.
   """
   coordinator = f"127.0.0.1:{free_port()}"
-  repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  paths = (repository, os.environ.get("PYTHONPATH", ""))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join(path for path in paths if path))
+             JAX_PLATFORMS="cpu")
   return [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), "--coordinator", coordinator,
        "--num-processes", str(num_processes), "--process-id", str(i),
@@ -188,6 +184,9 @@ def main() -> None:
   parser.add_argument("--out", help="write this process's final params here")
   parser.add_argument("--timeout", type=float, default=120.0)
   args = parser.parse_args()
+  # This checkout's optax_extras, also where another copy is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
   if args.coordinator is not None:
     results = distributed_results(args.coordinator, args.num_processes,
                                   args.process_id)
