@@ -11,8 +11,9 @@ donated leaf (64x64 float32) in the entry computation (0 when every donated
 buffer is updated in place) and XLA's temporary bytes
 (``compiled.memory_analysis()``).
 
-A transformation whose compile time, extrapolated quadratically from the last
-leaf count, would exceed --max-compile seconds is skipped at larger N.
+A transformation whose compile time, extrapolated along the growth measured
+at the last two leaf counts, would exceed --max-compile seconds is skipped at
+larger N.
 
 Examples:
   python benchmarks/bench_compile.py --quick
@@ -112,10 +113,16 @@ def runner(compiled, params, state, grads):
 
 
 def predicted_compile(history: list[tuple[int, float]], leaves: int) -> float:
+  """Compile seconds at ``leaves``, extrapolated along the growth measured so
+  far (log-log slope of the last two counts, at least 1; linear from one)."""
   if not history:
     return 0.0
   last_leaves, last_seconds = history[-1]
-  return last_seconds * (leaves / last_leaves) ** 2
+  exponent = 1.0
+  if len(history) > 1:
+    (n0, t0), (n1, t1) = history[-2:]
+    exponent = max(1.0, math.log(t1 / t0) / math.log(n1 / n0))
+  return last_seconds * (leaves / last_leaves) ** exponent
 
 
 def measure_leaf_count(names, leaves, history, args):
