@@ -16,7 +16,8 @@ float32 parameters in 66 leaves (16 of 2048x512, 8 of 512x512, 42 vectors of
 512). Peak memory: XLA's own accounting of the compiled step at 50M float32
 parameters in 5 leaves (compiled from shapes alone, nothing allocated): the
 state and XLA's temporaries, i.e. the extra memory over params and grads.
-The upstream torch optimizers run on the 1.1M set (same thread count).
+The upstream torch optimizers run on the 1.1M float32 set (--torch-threads),
+in the same round-robin rounds.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def make_tree(shapes, dtype, seed, scale=1.0):
   return [jnp.asarray(scale * rng.standard_normal(s), dtype) for s in shapes]
 
 
-def measure_size(shapes, dtype, args):
-  """{name: (seconds per step, bytes moved, state bytes)} for one size."""
+def measure_size(shapes, dtype, args, extra_runners=None):
+  """Rows {name: (seconds per step, bytes moved, state bytes)} for one size,
+  and {name: seconds per step} of ``extra_runners``, timed in the same
+  round-robin rounds."""
   params = make_tree(shapes, dtype, seed=0)
   grads = make_tree(shapes, dtype, seed=1, scale=1e-2)
   runners, moved, state_bytes = {}, {}, {}
@@ -117,9 +120,11 @@ def measure_size(shapes, dtype, args):
     runners[name], moved[name] = make_jax_runner(tx, params, grads)
     state_bytes[name] = tree_bytes(tx.init(params))
   steps = max(1, args.steps * 1_200_000 // sum(a.size for a in params))
-  seconds = round_robin_medians(runners, steps, args.rounds)
-  return {name: (seconds[name], moved[name], state_bytes[name])
+  seconds = round_robin_medians({**runners, **(extra_runners or {})}, steps,
+                                args.rounds)
+  rows = {name: (seconds[name], moved[name], state_bytes[name])
           for name in runners}
+  return rows, {name: seconds[name] for name in extra_runners or {}}
 
 
 def size_table(label, rows) -> list[str]:
@@ -202,14 +207,10 @@ def torch_candidates():
   return candidates
 
 
-def torch_table(shapes, jax_rows, args) -> list[str]:
-  """Upstream torch optimizers on the same parameters (their own rounds)."""
-  candidates = torch_candidates()
-  if not candidates:
-    return ["(torch or an upstream package is not installed: no torch "
-            "rows.)", ""]
+def torch_runners(shapes, candidates, threads):
+  """A runner of ``optimizer.step()`` per upstream torch optimizer."""
   import torch  # pylint: disable=import-outside-toplevel
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(threads)
   rng = np.random.default_rng(0)
   runners = {}
   for name, (_, factory) in candidates.items():
@@ -219,9 +220,17 @@ def torch_table(shapes, jax_rows, args) -> list[str]:
       p.grad = torch.randn_like(p) * 1e-2
     runners[name] = (lambda opt: lambda n: [opt.step() for _ in range(n)])(
         factory(params))
-  seconds = round_robin_medians(runners, args.steps, args.rounds)
+  return runners
+
+
+def torch_table(candidates, seconds, jax_rows) -> list[str]:
+  """Upstream torch optimizers against ours, timed in the same rounds."""
+  if not candidates:
+    return ["(torch or an upstream package is not installed: no torch "
+            "rows.)", ""]
   lines = [
-      "### Upstream torch optimizers, 1.1M float32",
+      "### Upstream torch optimizers, 1.1M float32 (timed in the rounds of "
+      "the 1.1M float32 table)",
       "",
       "| upstream torch optimizer | ms / step | time / torch.optim.Adam | "
       "optax_extras time / upstream time |",
@@ -242,6 +251,8 @@ def main(argv=None):
                       "larger sizes; default 10, --quick 3)")
   parser.add_argument("--rounds", type=int, default=None,
                       help="round-robin rounds (default 9, --quick 3)")
+  parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                      help="torch's intra-op threads (default: one per core)")
   args = parser.parse_args(argv)
   args.steps = args.steps or (3 if args.quick else 10)
   args.rounds = args.rounds or (3 if args.quick else 9)
@@ -255,15 +266,19 @@ def main(argv=None):
       "round-robin rounds.",
       "",
   ]
-  sizes = QUICK_SIZES if args.quick else tuple(SIZES)
-  rows_by_size = {}
-  for label in sizes:
+  candidates = torch_candidates()
+  first = "1.1M float32"
+  for label in QUICK_SIZES if args.quick else tuple(SIZES):
     print(f"{label} ...", flush=True)
-    rows_by_size[label] = measure_size(*SIZES[label], args)
-    lines += size_table(label, rows_by_size[label])
+    extra = (torch_runners(SIZES[label][0], candidates, args.torch_threads)
+             if label == first else {})
+    rows, extra_seconds = measure_size(*SIZES[label], args, extra)
+    if label == first:
+      first_rows, torch_seconds = rows, extra_seconds
+    lines += size_table(label, rows)
   if not args.quick:
     lines += memory_table()
-  lines += torch_table(SIZES[sizes[0]][0], rows_by_size[sizes[0]], args)
+  lines += torch_table(candidates, torch_seconds, first_rows)
   common.emit("\n".join(lines), args)
 
 
