@@ -1,7 +1,7 @@
-"""Doctest collection: the torch interop module needs torch (an optional extra)."""
+"""Doctest collection: the torch interop package needs torch (an optional extra)."""
 
 import importlib.util
 
 collect_ignore = []
 if importlib.util.find_spec("torch") is None:
-  collect_ignore.append("optax_extras/torch.py")
+  collect_ignore.append("optax_extras/torch")

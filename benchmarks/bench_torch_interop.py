@@ -1,25 +1,33 @@
 """Step time of OptaxOptimizer(optax.adam) against torch.optim.Adam, on CPU.
 
-A ~10M-parameter stack of nn.Linear layers; the gradients are computed once
-and kept, so only `optimizer.step()` is timed: the median over --steps steps
-after --warmup steps, the optimizers interleaved in one run. torch.optim.Adam
-runs with its defaults (on CPU: the single-tensor loop), foreach=True and
-fused=True. The last row runs the same jitted optax.adam update (params and
-state donated) on JAX arrays with no torch at all, to separate the cost of
-the interop from that of XLA's Adam.
+Two models, gradients computed once and kept, so only `optimizer.step()` is
+timed; the optimizers take turns within each repeat (round robin), and the
+table reports the median over repeats of the mean time per step:
 
-  python benchmarks/bench_torch_interop.py [--steps 50] [--warmup 5]
+* a ~10M-parameter stack of nn.Linear layers (10 tensors): torch.optim.Adam
+  with its defaults (on CPU: the single-tensor loop), foreach=True and
+  fused=True; OptaxOptimizer(optax.adam); and the same jitted, donated
+  optax.adam update on JAX arrays with no torch at all (what XLA's Adam
+  costs without the interop);
+* a 64-128-10 MLP (4 tensors): the per-step overhead against Adam().
 
-Writes benchmarks/results/torch_interop.md and prints it.
+  python benchmarks/bench_torch_interop.py [--quick] [--out FILE]
+
+On a shared machine, compare on one core (no thread oversubscription):
+``OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_torch_interop.py``
+(XLA sizes its thread pool to the usable cores).
+
+Prints the machine, the command and the table; writes FILE only when --out
+is given (the committed results are benchmarks/results/torch_interop.md).
 """
+
+from __future__ import annotations
 
 import argparse
 import functools
 import os
-import pathlib
 import platform
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,93 +35,115 @@ import optax
 import torch
 
 from optax_extras.torch import OptaxOptimizer
+from timing import round_robin_medians
 
-WIDTHS = (1024, 2048, 2048, 1024, 1024, 512)
-RESULTS = pathlib.Path(__file__).parent / "results" / "torch_interop.md"
+LARGE = (1024, 2048, 2048, 1024, 1024, 512)
+TINY = (64, 128, 10)
 
 
-def _model():
+def _model(widths):
   torch.manual_seed(0)
-  layers = [torch.nn.Linear(a, b) for a, b in zip(WIDTHS, WIDTHS[1:])]
-  model = torch.nn.Sequential(*layers)
+  model = torch.nn.Sequential(
+      *[torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])])
   for p in model.parameters():
     p.grad = torch.randn_like(p) * 1e-2
   return model
 
 
-def _timed(step):
-  start = time.perf_counter()
-  step()
-  return time.perf_counter() - start
+def _stepper(step):
+  def run(steps):
+    for _ in range(steps):
+      step()
+  return run
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=50)
-  parser.add_argument("--warmup", type=int, default=5)
-  args = parser.parse_args()
-
-  optax_model = _model()
-  size = sum(p.numel() for p in optax_model.parameters())
-  torch_opts = {
-      f"torch.optim.Adam({options})": torch.optim.Adam(
-          _model().parameters(), lr=1e-3, **kwargs)
-      for options, kwargs in (("", {}), ("foreach=True", {"foreach": True}),
-                              ("fused=True", {"fused": True}))}
-  optax_opt = OptaxOptimizer(optax_model.parameters(), optax.adam, lr=1e-3)
-
+def _jax_only(widths):
+  """The jitted, donated optax.adam step on JAX arrays alone."""
+  model = _model(widths)
   tx = optax.adam(1e-3)
-  params = [jnp.asarray(p.detach().numpy()) for p in optax_model.parameters()]
-  grads = [jnp.asarray(p.grad.numpy()) for p in optax_model.parameters()]
-  jax_state = {"params": params, "opt": tx.init(params)}
+  params = [jnp.asarray(p.detach().numpy()) for p in model.parameters()]
+  grads = [jnp.asarray(p.grad.numpy()) for p in model.parameters()]
+  carry = {"params": params, "state": tx.init(params)}
 
   @functools.partial(jax.jit, donate_argnums=(1, 2))
-  def jax_update(grads, params, state):
+  def update(grads, params, state):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  def jax_step():
-    jax_state["params"], jax_state["opt"] = jax.block_until_ready(
-        jax_update(grads, jax_state["params"], jax_state["opt"]))
+  def step():
+    carry["params"], carry["state"] = jax.block_until_ready(
+        update(grads, carry["params"], carry["state"]))
+  return step
 
-  steps = {name: opt.step for name, opt in torch_opts.items()}
-  steps.update({"OptaxOptimizer(optax.adam)": optax_opt.step,
-                "jitted optax.adam, JAX arrays only": jax_step})
-  times = {name: [] for name in steps}
-  for i in range(args.warmup + args.steps):
-    for name, step in steps.items():
-      elapsed = _timed(step)
-      if i >= args.warmup:
-        times[name].append(elapsed)
-  medians = {name: statistics.median(t) for name, t in times.items()}
-  baseline = medians["torch.optim.Adam()"]
 
-  lines = [
-      "# OptaxOptimizer step overhead (CPU)",
-      "",
-      f"Command: `python benchmarks/bench_torch_interop.py --steps "
-      f"{args.steps} --warmup {args.warmup}`",
-      "",
-      f"Machine: {platform.platform()}, {platform.processor() or 'cpu'}, "
-      f"{os.cpu_count()} CPUs (torch threads: {torch.get_num_threads()}); "
+def _runners(widths, torch_variants, jax_only):
+  runners = {
+      f"torch.optim.Adam({name})": _stepper(torch.optim.Adam(
+          _model(widths).parameters(), lr=1e-3, **kwargs).step)
+      for name, kwargs in torch_variants}
+  runners["OptaxOptimizer(optax.adam)"] = _stepper(OptaxOptimizer(
+      _model(widths).parameters(), optax.adam, lr=1e-3).step)
+  if jax_only:
+    runners["jitted optax.adam, JAX arrays only"] = _stepper(
+        _jax_only(widths))
+  return runners
+
+
+def _table(title, widths, medians, baselines):
+  size = sum(a * b + b for a, b in zip(widths, widths[1:]))
+  lines = [f"### {title}: widths {widths}, {size / 1e6:.3g}M float32 "
+           f"parameters in {2 * (len(widths) - 1)} tensors", "",
+           "| optimizer step | ms | " + " | ".join(
+               f"ratio to {b}" for b in baselines) + " |",
+           "|---|---:|" + "---:|" * len(baselines)]
+  for name, seconds in medians.items():
+    ratios = " | ".join(f"{seconds / medians[b]:.2f}" for b in baselines)
+    lines.append(f"| {name} | {seconds * 1e3:.3f} | {ratios} |")
+  return lines
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer repeats (a smoke run, noisy numbers)")
+  parser.add_argument("--out", help="also write the report to this file")
+  args = parser.parse_args(argv)
+  repeats = 3 if args.quick else 15
+  threads = os.environ.get("OMP_NUM_THREADS")
+  command = (f"OMP_NUM_THREADS={threads} " if threads else "") + (
+      "python benchmarks/bench_torch_interop.py " + " ".join(
+          sys.argv[1:] if argv is None else argv))
+  machine = (
+      f"{platform.platform()}, {platform.processor() or 'cpu'}, "
+      f"{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable "
+      f"(torch threads: {torch.get_num_threads()}); "
       f"Python {platform.python_version()}, torch {torch.__version__}, "
-      f"jax {jax.__version__}, optax {optax.__version__}; load average "
-      f"{os.getloadavg()[0]:.1f} at the end.",
-      "",
-      f"Model: nn.Linear stack {WIDTHS}, {size / 1e6:.2f}M float32 parameters "
-      f"in {len(params)} tensors. Median of {args.steps} steps after "
-      f"{args.warmup} warm-up steps, gradients precomputed, optimizers "
-      "interleaved.",
-      "",
-      "| optimizer step | median (ms) | ratio to torch.optim.Adam() |",
-      "|---|---:|---:|",
+      f"jax {jax.__version__}, optax {optax.__version__}")
+  print(f"Command: `{command.strip()}`\nMachine: {machine}", flush=True)
+  variants = (("", {}), ("foreach=True", {"foreach": True}),
+              ("fused=True", {"fused": True}))
+  large = round_robin_medians(_runners(LARGE, variants, True),
+                              steps=5, repeats=repeats)
+  tiny = round_robin_medians(_runners(TINY, variants[:1], False),
+                             steps=200, repeats=repeats)
+  lines = [
+      "# OptaxOptimizer step time (CPU)", "",
+      f"Command: `{command.strip()}`", "",
+      f"Machine: {machine}; load average {os.getloadavg()[0]:.1f} at the "
+      "end.", "",
+      f"Gradients precomputed; median over {repeats} repeats of the mean "
+      "time per step (5 steps per repeat on the large model, 200 on the "
+      "tiny one), optimizers in turn within each repeat.", "",
+      *_table("Large model", LARGE, large,
+              ("torch.optim.Adam()", "torch.optim.Adam(fused=True)")), "",
+      *_table("Tiny model (per-step overhead)", TINY, tiny,
+              ("torch.optim.Adam()",)),
   ]
-  for name, median in medians.items():
-    lines.append(f"| {name} | {median * 1e3:.2f} | {median / baseline:.2f} |")
   text = "\n".join(lines) + "\n"
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text(text)
   print(text)
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as file:
+      file.write(text)
 
 
 if __name__ == "__main__":

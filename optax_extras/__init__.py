@@ -19,10 +19,12 @@ from optax_extras._hyperoptimize import hyperoptimize
 from optax_extras._hyperoptimize import HyperoptimizeState
 from optax_extras._hyperoptimize import hyperparameters
 from optax_extras._hyperoptimize import Learned
+from optax_extras._hyperoptimize import set_hyperparameters
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "set_hyperparameters",
     "adam_hd",
     "AdamHDState",
     "diffgrad",

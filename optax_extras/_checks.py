@@ -30,6 +30,13 @@ def concrete_value(value: Any) -> float | None:
   return None
 
 
+def _is_concrete_array(value: Any) -> bool:
+  """A NumPy or concrete JAX array (not a tracer): one `concrete_value`
+  rejected, being non-scalar, complex or not numeric."""
+  return (isinstance(value, (np.ndarray, np.generic, jax.Array))
+          and not isinstance(value, jax.core.Tracer))
+
+
 def _fail(name: str, value: Any, allowed: str) -> None:
   raise ValueError(f"{name} must be {allowed}, got {name}={value!r}.")
 
@@ -50,8 +57,9 @@ def check_range(
   """
   number = concrete_value(value)
   if number is None:
-    if value is None or isinstance(value, (str, bytes, list, tuple, dict)):
-      _fail(name, value, "a real number")
+    if (value is None or isinstance(value, (str, bytes, list, tuple, dict))
+        or _is_concrete_array(value)):
+      _fail(name, value, "a real number (a scalar)")
     return
   allowed = (
       ("[" if low_inclusive else "(")

@@ -59,77 +59,17 @@ def learned_rate_dtype(learning_rate: Any) -> jnp.dtype:
   return jnp.promote_types(jnp.result_type(learning_rate), jnp.float32)
 
 
-def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
-  """``[<a, b> for b in bs]`` as one (k,) array, in one pass over the leaf.
-
-  The ``b`` are typically computed on the fly (tangents, a previous Adam
-  direction), and XLA:CPU emits one loop per output array: k separate
-  products would each recompute the subexpressions they share (sqrt,
-  divisions), and a stacked (k, ...) array costs a write and a read of k
-  buffers of the leaf's size. Instead one variadic reduction sums each product
-  over blocks of 4 consecutive rows (leading-axis entries): one vectorised
-  loop that evaluates every ``b`` of an element together and writes k arrays
-  4 times smaller, whose sums finish the products. (With 8 or more rows per
-  block, or a longer reduced axis, XLA:CPU no longer vectorises that loop: 3x
-  slower.) A single ``b`` is reduced as two interleaved halves (groups of 8
-  rows): a reduction of one array goes to YNNPACK together with the whole
-  computation of ``b``, which it runs op by op (measured: a 1.6x slower
-  hyperoptimizer step). Rows are padded with zeros to whole groups; vectors
-  and scalars are first laid out as rows of up to 128. Only the leading axis
-  is split, so a leaf sharded along another axis, or along the leading one
-  in whole groups of rows per device, is reduced where it lies (else XLA
-  gathers the products of that leaf).
-
-  Args:
-    a: an array.
-    *bs: arrays of the shape of ``a``.
-    dtype: the dtype of the products and sums; default the dtype of ``bs[0]``
-      promoted to at least float32.
-
-  Returns:
-    A (k,) array of dtype ``dtype``.
-  """
+def leaf_vdot(a: jax.Array, b: jax.Array, dtype: Any = None) -> jax.Array:
+  """``<a, b>`` of two arrays, summed in `dtype` (default: ``b``'s dtype
+  promoted to at least float32)."""
   if dtype is None:
-    dtype = jnp.promote_types(bs[0].dtype, jnp.float32)
-  parts = 2 if len(bs) == 1 else 1
-  blocks = 4
-  group = parts * blocks
-
-  def grouped_rows(x):
-    if x.ndim < 2:
-      lanes = next((w for w in (128, 64, 32) if x.size % (group * w) == 0),
-                   16)
-      x = jnp.pad(x.ravel(), (0, -x.size % (group * lanes)))
-      x = x.reshape(x.size // lanes, lanes)
-    x = jnp.pad(x, [(0, -x.shape[0] % group)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape(x.shape[0] // group, parts, blocks, *x.shape[1:])
-
-  pieces = []
-  for b in bs:
-    rows = grouped_rows(a.astype(dtype) * b.astype(dtype))
-    pieces.extend(rows[:, part] for part in range(parts))
-  zeros = tuple(jnp.zeros([], dtype) for _ in pieces)
-  partial_sums = jax.lax.reduce(
-      tuple(pieces), zeros, lambda xs, ys: tuple(map(jnp.add, xs, ys)), (1,))
-  sums = jnp.stack([jnp.sum(p) for p in partial_sums])
-  return jnp.sum(sums.reshape(len(bs), parts), axis=1)
+    dtype = jnp.promote_types(b.dtype, jnp.float32)
+  return jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
 
 
-def tree_vdot(tree_a: Any, tree_b: Any, dtype: jnp.dtype, *,
-              one_pass: bool = False) -> jax.Array:
-  """Sum over leaves of <a, b>, accumulated in `dtype` (None leaves skipped).
-
-  With ``one_pass`` each leaf goes through `vdots`: for a ``b`` computed on
-  the fly with divisions or roots (adam_hd's previous direction), which a
-  plain sum hands to YNNPACK to run op by op. A plain sum (one YNNPACK
-  reduction, no intermediate writes) is faster when ``b`` is stored.
-  """
-  if one_pass:
-    vdot = lambda a, b: vdots(a, b, dtype=dtype)[0]
-  else:
-    vdot = lambda a, b: jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
-  return sum(jax.tree.leaves(jax.tree.map(vdot, tree_a, tree_b)),
-             jnp.zeros([], dtype))
+def sum_leaves(tree: Any, dtype: Any) -> jax.Array:
+  """The sum of a tree's scalar leaves, in `dtype` (0 for an empty tree)."""
+  return sum(jax.tree.leaves(tree), jnp.zeros([], dtype)).astype(dtype)
 
 
 def ordered_after(value: jax.Array, new: Any, old: Any) -> Any:
@@ -141,6 +81,11 @@ def ordered_after(value: jax.Array, new: Any, old: Any) -> Any:
   ``value * 0 > 1`` (False for every value, NaN and infinities included)
   makes the write depend on `value`, so no copy is needed. `old` is the tree
   `new` replaces (same structure); it is never selected.
+
+  Use it per parameter leaf, with `value` computed from that leaf alone (its
+  own partial dot product): a scalar computed from every leaf is cheap
+  elementwise work that XLA fuses, duplicated, into each consumer, which
+  makes the program, and its compile time, quadratic in the number of leaves.
   """
   never = value * 0 > 1
   return jax.tree.map(
@@ -148,55 +93,49 @@ def ordered_after(value: jax.Array, new: Any, old: Any) -> Any:
       new, old)
 
 
-class CoupledWeightDecayState(NamedTuple):
-  """add_coupled_weight_decay keeps no state."""
-
-
-def add_coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
+def add_coupled_weight_decay(
+    weight_decay: Any) -> optax.GradientTransformationExtraArgs:
   """Adds `weight_decay * params` to the gradient (coupled L2, as in torch).
 
   This is the `weight_decay` of torch optimizers of the Adam era: the decay
-  term enters the gradient, and so the moments. The result keeps each
-  gradient leaf's dtype even when `weight_decay` is a traced float32 array.
-  For decoupled decay (AdamW) chain `optax.add_decayed_weights` after the
-  rescaling instead.
+  term enters the gradient, and so the moments. It is
+  `optax.add_decayed_weights` placed before the rescaling, with two
+  differences: the result keeps each gradient leaf's dtype even when
+  `weight_decay` is a traced float32 array, and a decay that is a concrete
+  zero needs no params. For decoupled decay (AdamW) chain
+  `optax.add_decayed_weights` after the rescaling instead.
+
+  The state (`optax.EmptyState`) is the same for every value, so
+  `optax.inject_hyperparams` may turn `weight_decay` into an array.
 
   Args:
     weight_decay: the L2 coefficient, >= 0 (a number or a traced array).
 
   Returns:
-    A GradientTransformation that needs `params` in `update`.
+    A GradientTransformationExtraArgs whose update needs `params` unless
+    `weight_decay` is a concrete zero.
   """
   _checks.check_nonnegative("weight_decay", weight_decay)
+  decay = optax.add_decayed_weights(weight_decay)
 
-  def init_fn(params):
-    del params
-    return CoupledWeightDecayState()
-
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
+      if _checks.concrete_value(weight_decay) == 0.0:
+        return updates, state
       raise ValueError(
           f"weight_decay={weight_decay!r} needs the parameters: call "
-          "update(grads, state, params) with params."
-      )
-    updates = jax.tree.map(
-        lambda g, p: (g + weight_decay * p).astype(g.dtype), updates, params
-    )
-    return updates, state
+          "update(grads, state, params) with params (a weight decay that is "
+          "a traced value may be nonzero).")
+    decayed, state = decay.update(updates, state, params)
+    return optax.tree.cast_like(decayed, updates), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(decay.init, update_fn)
 
 
 def with_coupled_weight_decay(
     weight_decay: Any, transformation: optax.GradientTransformation
-) -> optax.GradientTransformation:
-  """`transformation` after `add_coupled_weight_decay`.
-
-  A Python zero leaves the decay out (then `update` needs no params). An
-  array, even a zero one, keeps it: `optax.inject_hyperparams` calls the
-  factory with a concrete array in `init` and a traced one in `update`, and
-  both must build the same state structure.
-  """
-  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-    return transformation
+) -> optax.GradientTransformationExtraArgs:
+  """`transformation` after `add_coupled_weight_decay`, for every value of
+  `weight_decay` (the state structure does not depend on it)."""
   return optax.chain(add_coupled_weight_decay(weight_decay), transformation)

@@ -177,8 +177,12 @@ def sgd_hd(
   def update_fn(updates, state, params=None):
     del params
     first_step = state.count == 0
-    hypergradient = _common.tree_vdot(updates, state.prev_direction,
-                                      state.learning_rate.dtype)
+    rate_dtype = state.learning_rate.dtype
+    # Per-leaf partial products: each leaf's new state is ordered after its
+    # own (see `_common.ordered_after`).
+    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, rate_dtype),
+                            updates, state.prev_direction)
+    hypergradient = _common.sum_leaves(partials, rate_dtype)
     rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
                                hypergradient, hypergrad_lr)
 
@@ -190,8 +194,8 @@ def sgd_hd(
     # dtype it was initialised with, that of params, whatever the gradients'.
     if nesterov:
       buffer = jax.tree.map(momentum_step, updates, state.momentum_buffer)
-      buffer = _common.ordered_after(hypergradient, buffer,
-                                     state.momentum_buffer)
+      buffer = jax.tree.map(_common.ordered_after, partials, buffer,
+                            state.momentum_buffer)
       direction = jax.tree.map(
           lambda g, b: (g + momentum * b).astype(b.dtype), updates, buffer)
     else:
@@ -200,8 +204,8 @@ def sgd_hd(
           lambda g, b: jnp.where(momentum == 0, g.astype(b.dtype),
                                  momentum_step(g, b)),
           updates, state.prev_direction)
-    direction = _common.ordered_after(hypergradient, direction,
-                                      state.prev_direction)
+    direction = jax.tree.map(_common.ordered_after, partials, direction,
+                             state.prev_direction)
     new_updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype),
                                direction)
     return new_updates, SGDHDState(
@@ -278,17 +282,18 @@ def adam_hd(
         b1, b2, jnp.maximum(state.count, 1)).astype(rate_dtype)
     # A select, not a product with 0: with eps = 0 the first direction is
     # 0 / 0, and the reference skips the hypergradient on the first step.
+    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, rate_dtype),
+                            updates, prev_direction)
     hypergradient = jnp.where(
-        state.count > 0,
-        prev_scale * _common.tree_vdot(updates, prev_direction, rate_dtype,
-                                     one_pass=True),
+        state.count > 0, prev_scale * _common.sum_leaves(partials, rate_dtype),
         0.0)
     rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
                                hypergradient, hypergrad_lr)
     count = optax.safe_increment(state.count)
     mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
-    mu, nu = _common.ordered_after(hypergradient, (mu, nu),
-                                   (state.mu, state.nu))
+    # Each leaf's new moments are ordered after its own partial product.
+    mu = jax.tree.map(_common.ordered_after, partials, mu, state.mu)
+    nu = jax.tree.map(_common.ordered_after, partials, nu, state.nu)
     step_size = rate * _common.adam_step_scale(b1, b2, count).astype(
         rate_dtype)
     new_updates = jax.tree.map(

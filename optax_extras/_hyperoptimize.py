@@ -7,9 +7,13 @@ its constructors, built on this module).
 
 With ``theta_t = theta_{t-1} + u_{t-1}(h)`` the update of the optimizer below
 made with its hyperparameters ``h``, the hypergradient at step ``t`` is the
-one-step product::
+one-step product
 
-  dL(theta_t)/dh = <grad L(theta_t), d u_{t-1}(h) / dh>
+.. math::
+
+  \\frac{\\partial L(\\theta_t)}{\\partial h} =
+  \\Big\\langle \\nabla L(\\theta_t),
+  \\frac{\\partial u_{t-1}(h)}{\\partial h} \\Big\\rangle
 
 (previous optimizer state and gradient held constant: nothing is
 differentiated through the model, nor through more than one step). A second
@@ -18,6 +22,16 @@ as its gradient and the stored hyperparameters as its params; it updates
 them first, and the optimizer below then steps with the new values. A
 hyper-level made by `hyperoptimize` learns its own hyperparameters the same
 way, so a stack of any height is this construction applied again.
+
+One step of `hyperoptimize`, each piece a function of this module:
+
+1. `hypergradient`: the tangents of the previous update with respect to each
+   stored hyperparameter, contracted with the new gradient.
+2. `advance_inner_state`: the optimizer below is kept one step behind; its
+   state after the last step is recomputed from the stored one.
+3. `hyper_step`: the hyper-level's update of the stored hyperparameters,
+   projected onto their bounds, rejected when not finite.
+4. The optimizer below steps with the new hyperparameters.
 """
 
 from __future__ import annotations
@@ -37,26 +51,59 @@ from optax_extras import _checks
 from optax_extras import _common
 
 
-def _unit_interval_inverse(y: float) -> float:
+class Space(NamedTuple):
+  """How a hyperparameter is stored: what the hyper-level optimizes.
+
+  Attributes:
+    to_natural: stored -> natural value (jnp, differentiable).
+    to_stored: natural -> stored value (jnp, for traced values).
+    to_stored_exact: natural -> stored value in Python double (concrete
+      values: keeps float32 stored values correctly rounded).
+    in_domain: whether a concrete natural value is allowed.
+    domain: the allowed natural values, in words.
+  """
+
+  to_natural: Callable[[jax.Array], jax.Array]
+  to_stored: Callable[[jax.Array], jax.Array]
+  to_stored_exact: Callable[[float], float]
+  in_domain: Callable[[float], bool]
+  domain: str
+
+
+def _atanh_exact(y: float) -> float:
   z = y * 2.0 - 1.0
   return math.log((1.0 + z) / (1.0 - z)) / 2.0
 
 
-# space: (stored -> natural, natural -> stored in Python double, domain test,
-#         domain in words)
-_SPACES = {
-    "identity": (lambda x: x, lambda y: y, math.isfinite, "a finite number"),
-    "unit_interval": (
+SPACES: dict[str, Space] = {
+    "identity": Space(lambda x: x, lambda y: y, lambda y: y, math.isfinite,
+                      "a finite number"),
+    "unit_interval": Space(
         lambda x: (jnp.tanh(x) + 1.0) / 2.0,
-        _unit_interval_inverse,
+        lambda y: jnp.arctanh(y * 2.0 - 1.0),
+        _atanh_exact,
         lambda y: 0.0 < y < 1.0,
-        "in (0, 1)",
-    ),
-    "square": (jnp.square, math.sqrt, lambda y: 0.0 <= y < math.inf,
-               "finite and >= 0"),
-    "log": (jnp.exp, math.log, lambda y: 0.0 < y < math.inf,
-            "finite and > 0"),
+        "in (0, 1)"),
+    "square": Space(jnp.square, jnp.sqrt, math.sqrt,
+                    lambda y: 0.0 <= y < math.inf, "finite and >= 0"),
+    "log": Space(jnp.exp, jnp.log, math.log, lambda y: 0.0 < y < math.inf,
+                 "finite and > 0"),
 }
+
+
+def stored_key(name: str, space: str) -> str:
+  """The key of a stored hyperparameter: ``"log(learning_rate)"``.
+
+  Stored values live under these keys (in the state and in the hyper-level's
+  state), so `optax.tree.get(state, name)` finds only the natural value.
+  """
+  return f"{space}({name})"
+
+
+def _parse_stored_key(key: str) -> tuple[str, str]:
+  """``"log(learning_rate)"`` -> ``("learning_rate", "log")``."""
+  space, name = key[:-1].split("(", 1)
+  return name, space
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +112,9 @@ class Learned:
 
   Attributes:
     init: the initial value in natural space (the value the optimizer is
-      called with): a float, or with ``per_leaf=True`` a float (the same start
-      for every leaf) or a params-shaped tree of floats.
+      called with): a real number (a traced value too, e.g. under
+      `optax.inject_hyperparams`), or with ``per_leaf=True`` a number (the
+      same start for every leaf) or a params-shaped tree of numbers.
     space: how the value is stored, i.e. what the hyper-level optimizes:
       ``"identity"`` (``h = x``), ``"unit_interval"`` (``h = (tanh(x) + 1)/2``,
       in (0, 1), gdtuo's clamp for betas), ``"square"`` (``h = x^2``, >= 0,
@@ -88,22 +136,23 @@ class HyperoptimizeState(NamedTuple):
   """State of `hyperoptimize`.
 
   The optimizer below is kept one step behind: its state before the last step
-  and the last gradient (and params, only when its update needs them) are
-  what re-evaluating the last update as a function of the hyperparameters
-  needs, and its current state is a function of them.
+  and the last gradient (and params, only with ``needs_params``) are what
+  re-evaluating the last update as a function of the hyperparameters needs,
+  and its current state is a function of them.
 
   Attributes:
     count: number of steps taken, int32 (saturating).
-    hyperparams: the values the last step used, in natural space
-      (before the first step, the initial values). Read a whole stack with
-      `hyperparameters`.
-    raw_hyperparams: the same values in stored space: the params of the
+    hyperparams: name -> the value the last step used, in natural space
+      (before the first step, the initial value). `optax.tree.get(state,
+      name)` reads it; `hyperparameters` reads a whole stack.
+    raw_hyperparams: the same values in stored space, under the keys
+      `stored_key` gives (``"log(learning_rate)"``): the params of the
       hyper-level.
     hyper_state: the state of the hyper-level.
     prev_inner_state: the state of the optimizer below before the last step.
     prev_grad: the gradient of the last step (zeros before the first).
-    prev_params: the params of the last step, or None when the optimizer below
-      does not need params.
+    prev_params: the params of the last step, or None without
+      ``needs_params``.
   """
 
   count: chex.Array
@@ -127,48 +176,316 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
   )
 
 
-def _is_scalar(value: Any) -> bool:
-  return _checks.concrete_value(value) is not None
+def _is_traced(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _check_bounds(name: str, spec: Learned, space: Space) -> None:
+  bounds = spec.bounds
+  if not isinstance(bounds, tuple) or len(bounds) != 2:
+    raise ValueError(
+        f"bounds of hyperparameter {name!r} must be a (low, high) tuple, got "
+        f"bounds={bounds!r}.")
+  for which, bound in zip(("low", "high"), bounds):
+    if bound is None:
+      continue
+    value = _checks.concrete_value(bound)
+    if value is None or not space.in_domain(value):
+      raise ValueError(
+          f"bounds of hyperparameter {name!r} must be None or numbers "
+          f"{space.domain} (space={spec.space!r}), got bounds={bounds!r} "
+          f"(the {which} bound).")
+  low, high = bounds
+  if low is not None and high is not None and not low < high:
+    raise ValueError(
+        f"bounds of hyperparameter {name!r} must satisfy low < high, got "
+        f"bounds={bounds!r}.")
+
+
+def _check_initial_value(name: str, spec: Learned, space: Space,
+                         value: Any) -> None:
+  if _is_traced(value):
+    return
+  number = _checks.concrete_value(value)
+  if number is None:
+    allowed = ("a real number or a tree of real numbers" if spec.per_leaf
+               else "a real number (use per_leaf=True for a tree)")
+    raise ValueError(
+        f"initial value of hyperparameter {name!r} must be {allowed}, got "
+        f"{name}={spec.init!r}.")
+  if not space.in_domain(number):
+    raise ValueError(
+        f"initial value of hyperparameter {name!r} must be {space.domain} for "
+        f"space={spec.space!r}, got {name}={number!r}.")
+  low, high = spec.bounds
+  if (low is not None and number < low) or (high is not None and
+                                             number > high):
+    raise ValueError(
+        f"initial value of hyperparameter {name!r} must lie within "
+        f"bounds={spec.bounds!r}, got {name}={number!r}.")
 
 
 def _checked_spec(name: str, spec: Any) -> Learned:
   """`spec` as a validated `Learned`, with a ValueError naming `name`."""
   if not isinstance(spec, Learned):
     spec = Learned(spec)
-  if spec.space not in _SPACES:
+  if spec.space not in SPACES:
     raise ValueError(
-        f"space of hyperparameter {name!r} must be one of {sorted(_SPACES)}, "
+        f"space of hyperparameter {name!r} must be one of {sorted(SPACES)}, "
         f"got space={spec.space!r}.")
   _checks.check_bool(f"per_leaf of {name!r}", spec.per_leaf)
-  _, _, in_domain, domain = _SPACES[spec.space]
+  space = SPACES[spec.space]
+  _check_bounds(name, spec, space)
   values = jax.tree.leaves(spec.init) if spec.per_leaf else [spec.init]
-  if not values or not all(_is_scalar(v) for v in values):
-    allowed = ("a real number or a tree of real numbers" if spec.per_leaf
-               else "a real number (use per_leaf=True for a tree)")
+  if not values:
     raise ValueError(
-        f"initial value of hyperparameter {name!r} must be {allowed}, got "
-        f"{name}={spec.init!r}.")
-  low, high = spec.bounds
-  for bound in (low, high):
-    if bound is not None and not in_domain(_checks.concrete_value(bound)):
-      raise ValueError(
-          f"bounds of hyperparameter {name!r} must be {domain} "
-          f"(space={spec.space!r}), got bounds={spec.bounds!r}.")
-  if low is not None and high is not None and not low < high:
-    raise ValueError(
-        f"bounds of hyperparameter {name!r} must satisfy low < high, got "
-        f"bounds={spec.bounds!r}.")
-  for value in map(_checks.concrete_value, values):
-    if not in_domain(value):
-      raise ValueError(
-          f"initial value of hyperparameter {name!r} must be {domain} for "
-          f"space={spec.space!r}, got {name}={value!r}.")
-    if ((low is not None and value < low)
-        or (high is not None and value > high)):
-      raise ValueError(
-          f"initial value of hyperparameter {name!r} must lie within "
-          f"bounds={spec.bounds!r}, got {name}={value!r}.")
+        f"initial value of hyperparameter {name!r} must be a real number or "
+        f"a non-empty tree of real numbers, got {name}={spec.init!r}.")
+  for value in values:
+    _check_initial_value(name, spec, space, value)
   return spec
+
+
+def _initial_pair(value: Any, space: Space) -> tuple[jax.Array, jax.Array]:
+  """Natural and stored arrays of an initial value (concrete or traced)."""
+  dtype = _common.learned_rate_dtype(value)
+  number = _checks.concrete_value(value)
+  natural = jnp.asarray(value, dtype)
+  if number is None:
+    return natural, space.to_stored(natural)
+  return natural, jnp.asarray(space.to_stored_exact(number), dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+  """The optimizer below: ``factory(**fixed, **values)``, per leaf where a
+  learned value is (``per_leaf`` names)."""
+
+  factory: Callable[..., optax.GradientTransformation]
+  fixed: Mapping[str, Any]
+  per_leaf: tuple[str, ...]
+
+  def _per_leaf_values(self, values, treedef):
+    split = {name: treedef.flatten_up_to(values[name])
+             for name in self.per_leaf}
+    return [{**values, **{name: split[name][i] for name in self.per_leaf}}
+            for i in range(treedef.num_leaves)]
+
+  def init(self, values, params):
+    if not self.per_leaf:
+      return self.factory(**self.fixed, **values).init(params)
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef.unflatten([
+        self.factory(**self.fixed, **leaf_values).init(p)
+        for leaf_values, p in zip(self._per_leaf_values(values, treedef),
+                                  leaves)])
+
+  def update(self, values, grads, state, params):
+    """``(updates, new state)``, keeping the dtypes of grads and state."""
+    if not self.per_leaf:
+      updates, new_state = self.factory(**self.fixed, **values).update(
+          grads, state, params)
+    else:
+      treedef = jax.tree.structure(grads)
+      leaf_params = ([None] * treedef.num_leaves if params is None
+                     else treedef.flatten_up_to(params))
+      results = [
+          self.factory(**self.fixed, **leaf_values).update(g, s, p)
+          for leaf_values, g, s, p in zip(
+              self._per_leaf_values(values, treedef),
+              treedef.flatten_up_to(grads), treedef.flatten_up_to(state),
+              leaf_params)]
+      updates = treedef.unflatten([u for u, _ in results])
+      new_state = treedef.unflatten([s for _, s in results])
+    # Traced hyperparameters (float32 at least) must not promote low-precision
+    # updates or state: both keep the dtypes they came with.
+    return (optax.tree.cast_like(updates, grads),
+            optax.tree.cast_like(new_state, state))
+
+
+def natural_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+  """Stored values (keyed by `stored_key`) -> natural values keyed by name."""
+  values = {}
+  for key, value in raw.items():
+    name, space = _parse_stored_key(key)
+    values[name] = jax.tree.map(SPACES[space].to_natural, value)
+  return values
+
+
+def hypergradient(inner: _Inner, raw: Mapping[str, Any], grads: Any,
+                  prev: HyperoptimizeState) -> tuple[dict[str, Any], Any]:
+  """``d <g_t, u_{t-1}(space(x))> / dx`` for each stored value ``x``.
+
+  One forward-mode derivative per stored key of the per-leaf contractions of
+  the new gradient with the previous update: XLA computes each tangent and
+  its product with ``g_t`` in one pass over a leaf and stores no tangent. A
+  ``per_leaf`` value needs one derivative for all its leaves, since each
+  leaf's update depends only on its own value. Zero on the first step (there
+  is no previous update).
+
+  Returns:
+    The hypergradient (keyed like ``raw``) and, per parameter leaf, the sum of
+    that leaf's contractions (what `order_inner_state` orders after).
+  """
+
+  def contractions(key, value):
+    previous_update, _ = inner.update(
+        natural_values({**raw, key: value}), prev.prev_grad,
+        prev.prev_inner_state, prev.prev_params)
+    return jax.tree.map(_common.leaf_vdot, grads, previous_update)
+
+  first_step = prev.count == 0
+  result, per_leaf_sums = {}, []
+  for key, value in raw.items():
+    ones = jax.tree.map(jnp.ones_like, value)
+    _, per_leaf = jax.jvp(lambda x, key=key: contractions(key, x), (value,),
+                          (ones,))
+    per_leaf_sums.append(per_leaf)
+    if _parse_stored_key(key)[0] in inner.per_leaf:
+      total = jax.tree.map(lambda x, dot: dot.astype(x.dtype), value, per_leaf)
+    else:
+      total = _common.sum_leaves(per_leaf, value.dtype)
+    result[key] = jax.tree.map(
+        lambda t: jnp.where(first_step, jnp.zeros_like(t), t), total)
+  return result, jax.tree.map(lambda *dots: sum(dots), *per_leaf_sums)
+
+
+def advance_inner_state(inner: _Inner, raw: Mapping[str, Any],
+                        prev: HyperoptimizeState) -> optax.OptState:
+  """The optimizer below's state after the last step (as stored before it
+  on the first step), recomputed with the hyperparameters it used."""
+  _, state = inner.update(natural_values(raw), prev.prev_grad,
+                          prev.prev_inner_state, prev.prev_params)
+  return jax.tree.map(
+      lambda old, new: jnp.where(prev.count == 0, old, new),
+      prev.prev_inner_state, state)
+
+
+def _state_per_param_leaf(inner: _Inner, state: Any, treedef: Any) -> list:
+  """The part of the optimizer's state that belongs to each parameter leaf:
+  for per-leaf optimizers the leaf's own state, else the leaf's entry in
+  every params-shaped subtree (``mu``, ``nu``, ...)."""
+  if inner.per_leaf:
+    return treedef.flatten_up_to(state)
+  parts = [[] for _ in range(treedef.num_leaves)]
+  is_params_like = lambda x: jax.tree.structure(x) == treedef
+  for subtree in jax.tree.leaves(state, is_leaf=is_params_like):
+    if is_params_like(subtree):
+      for part, leaf in zip(parts, treedef.flatten_up_to(subtree)):
+        part.append(leaf)
+  return parts
+
+
+def order_inner_state(inner: _Inner, partials: Any, new_state: Any,
+                      old_state: Any, treedef: Any) -> Any:
+  """``new_state``, each parameter leaf's part ordered after that leaf's
+  contractions (`_common.ordered_after`): the new state is then written in
+  place of the donated old one, which the tangents read, with no copy."""
+  partial_leaves = treedef.flatten_up_to(partials)
+  if inner.per_leaf:
+    return treedef.unflatten([
+        _common.ordered_after(p, new, old) for p, new, old in zip(
+            partial_leaves, treedef.flatten_up_to(new_state),
+            treedef.flatten_up_to(old_state))])
+  is_params_like = lambda x: jax.tree.structure(x) == treedef
+
+  def order(new, old):
+    if not is_params_like(new):
+      return new
+    return jax.tree.map(_common.ordered_after, partials, new, old)
+
+  return jax.tree.map(order, new_state, old_state, is_leaf=is_params_like)
+
+
+def store_gradient(inner: _Inner, grads: Any, partials: Any, new_state: Any,
+                   prev_grad: Any, treedef: Any) -> Any:
+  """The new gradient cast like the stored one, each leaf written once the
+  tangents and the recomputed state have read the old one (no copy)."""
+  parts = _state_per_param_leaf(inner, new_state, treedef)
+  stored = []
+  for g, old, p, part in zip(treedef.flatten_up_to(grads),
+                             treedef.flatten_up_to(prev_grad),
+                             treedef.flatten_up_to(partials), parts):
+    after = p + sum(leaf[(0,) * leaf.ndim].astype(p.dtype)
+                    for leaf in jax.tree.leaves(part)
+                    if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size)
+    stored.append(_common.ordered_after(after, g.astype(old.dtype), old))
+  return treedef.unflatten(stored)
+
+
+def hyper_step(hyper_optimizer: optax.GradientTransformation,
+               hypergrad: Mapping[str, Any], raw: Mapping[str, Any],
+               hyper_state: optax.OptState,
+               stored_bounds: Mapping[str, tuple[Any, Any]],
+               ) -> tuple[dict[str, Any], optax.OptState]:
+  """The hyper-level's step on the stored values, projected onto their
+  bounds. Kept as it was (values and hyper-level state) unless the
+  hypergradient and the new values, stored and natural, are all finite."""
+  hyper_updates, new_hyper_state = hyper_optimizer.update(
+      hypergrad, hyper_state, raw)
+  new_raw = optax.apply_updates(raw, hyper_updates)
+  for key, (low, high) in stored_bounds.items():
+    new_raw[key] = jax.tree.map(lambda x, lo=low, hi=high: jnp.clip(x, lo, hi),
+                                new_raw[key])
+  checked = (hypergrad, new_raw, natural_values(new_raw))
+  finite = jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
+  return jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                      (new_raw, new_hyper_state), (raw, hyper_state))
+
+
+def _check_arguments(factory, learned, hyper_optimizer, fixed) -> dict:
+  """The validated `Learned` specs, or a ValueError naming what is wrong."""
+  if not isinstance(hyper_optimizer, optax.GradientTransformation):
+    raise ValueError(
+        "hyper_optimizer must be an optax.GradientTransformation, got "
+        f"hyper_optimizer={hyper_optimizer!r}.")
+  if not learned:
+    raise ValueError("learned must name at least one hyperparameter, got "
+                     f"learned={learned!r}.")
+  for name in fixed:
+    if not _accepts(factory, name):
+      raise ValueError(
+          f"fixed argument {name!r} is not a keyword argument of "
+          f"factory={factory!r}.")
+  specs = {}
+  for name, spec in learned.items():
+    if not _accepts(factory, name):
+      raise ValueError(
+          f"hyperparameter {name!r} is not a keyword argument of "
+          f"factory={factory!r}.")
+    if name in fixed:
+      raise ValueError(
+          f"hyperparameter {name!r} is both learned and fixed, got "
+          f"fixed={fixed!r}.")
+    specs[name] = _checked_spec(name, spec)
+  return specs
+
+
+def _check_factory_accepts_initial_values(factory, fixed, specs) -> None:
+  """Builds the optimizer below once with the initial values (each leaf's,
+  for ``per_leaf``), so that it rejects bad ones with its own message."""
+  per_leaf = [name for name, spec in specs.items() if spec.per_leaf]
+  scalars = {name: spec.init for name, spec in specs.items()
+             if not spec.per_leaf}
+  leaf_inits = [jax.tree.leaves(specs[name].init) for name in per_leaf]
+  for leaf in zip(*leaf_inits) if per_leaf else [()]:
+    factory(**fixed, **scalars, **dict(zip(per_leaf, leaf)))
+
+
+def _initial_hyperparameters(specs, params):
+  """Natural values keyed by name and stored values keyed by `stored_key`."""
+  natural, stored = {}, {}
+  for name, spec in specs.items():
+    space = SPACES[spec.space]
+    init = spec.init
+    if spec.per_leaf and jax.tree_util.treedef_is_leaf(
+        jax.tree.structure(init)):
+      init = jax.tree.map(lambda _, v=init: v, params)
+    natural[name] = jax.tree.map(lambda v: _initial_pair(v, space)[0], init)
+    stored[stored_key(name, spec.space)] = jax.tree.map(
+        lambda v: _initial_pair(v, space)[1], init)
+  return natural, stored
 
 
 def hyperoptimize(
@@ -176,16 +493,23 @@ def hyperoptimize(
     learned: Mapping[str, Learned | float],
     hyper_optimizer: optax.GradientTransformation,
     fixed: Mapping[str, Any] | None = None,
-) -> optax.GradientTransformation:
+    *,
+    needs_params: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   r"""Learns hyperparameters of ``factory(...)`` online with ``hyper_optimizer``.
 
   Every step, with ``x`` the stored hyperparameters, ``h = space(x)`` their
   natural values and ``u_{t-1}(h)`` the previous update (previous state,
-  gradient and params held constant)::
+  gradient and params held constant):
 
-    G_t = d <g_t, u_{t-1}(space(x))> / dx     (one-step VJP; G_1 = 0)
-    x  <- x + hyper_optimizer.update(G_t, ., params=x)
-    updates = factory(**fixed, **space(x)).update(g_t, ...)
+  .. math::
+
+    G_t &= \frac{\partial \langle g_t, u_{t-1}(\mathrm{space}(x))\rangle}
+               {\partial x} \quad (G_1 = 0) \\
+    x &\leftarrow x + \mathrm{hyper\_optimizer.update}(G_t, \cdot,
+         \mathrm{params}=x) \\
+    \mathrm{updates} &= \mathrm{factory}(\mathrm{fixed},
+         \mathrm{space}(x)).\mathrm{update}(g_t, \dots)
 
   The hyper-level steps on every call, the first included (an Adam
   hyper-level advances its count on a zero hypergradient). It may itself be a
@@ -196,56 +520,55 @@ def hyperoptimize(
   * The hypergradient is exact and first order: the previous update is
     re-evaluated from the stored previous state and gradient, and
     differentiated only with respect to the hyperparameters, never through
-    the model. It is taken in forward mode: one ``jax.jvp`` per learned name
-    (a ``per_leaf`` name needs one for all its leaves, since each leaf's
-    update depends only on its own value), the k tangents contracted with
-    the gradient in one pass over each leaf that evaluates them together (a
-    variadic reduction: shared subexpressions are computed once per element,
-    and no tangent is stored). Why not ``jax.vjp``: on XLA:CPU its transpose
-    turns every use of a broadcast scalar into its own full reduction (seven
-    for Adam's three hyperparameters), each a separate pass over the params
-    that also materializes the shared intermediates. Cost measured in
-    benchmarks/results/hyperoptimize.md.
+    the model (see `hypergradient`).
   * Memory: the optimizer below is stored one step behind (its state before
     the last step and the last gradient), so the state is that optimizer's
-    plus one params-sized tree (plus the previous params when its update
-    needs them, e.g. decoupled weight decay: detected at ``init`` by trying
-    the update without params). Storing the tangents ``d u_{t-1} / dh``
-    instead would cost one params-sized tree per learned scalar. Compute per
-    step: the tangents above, one recomputation of the optimizer's previous
-    state, and its update; the model is never touched. The first step
-    computes a hypergradient too and discards it (a select, not a
-    `jax.lax.cond`, whose branches XLA cannot fuse with the rest).
-  * A hypergradient that is not finite skips the hyper-update for that step:
-    the stored hyperparameters and the hyper-level state are kept, and the
-    optimizer below steps with them. A non-finite *gradient* still reaches
-    the optimizer below (as in optax); wrap in `optax.apply_if_finite`.
+    plus one params-sized tree (plus the previous params with
+    ``needs_params``). Compute per step: one tangent pass per learned name,
+    one recomputation of the optimizer's previous state, and its update; the
+    model is never touched. The first step computes a hypergradient too and
+    discards it (a select, not a `jax.lax.cond`).
+  * A hyper-update whose hypergradient, or whose new value (stored or
+    natural, e.g. ``exp`` of a huge stored log-rate), is not finite is
+    skipped: the stored hyperparameters and the hyper-level state are kept,
+    and the optimizer below steps with them. A non-finite *gradient* still
+    reaches the optimizer below (as in optax); wrap in
+    `optax.apply_if_finite`.
   * With a ``per_leaf`` hyperparameter the optimizer runs separately on each
     leaf (its state is a params-shaped tree of per-leaf states): right for
     per-element rules, not for rules that couple leaves (global norms).
   * The factory is called with traced values; it must give the same state
-    structure for every value (as for `optax.inject_hyperparams`).
+    structure for every value (as for `optax.inject_hyperparams`). Traced
+    initial values (e.g. under `optax.inject_hyperparams`) are accepted
+    unchecked, as everywhere in this package.
+  * Stored values are kept under the keys ``"SPACE(NAME)"`` (e.g.
+    ``"log(learning_rate)"``), so ``optax.tree.get(state, "learning_rate")``
+    finds the one natural value.
 
   Args:
     factory: builds the optimizer from keyword hyperparameters, e.g.
       `optax.adam` or `optax_extras.diffgrad`.
-    learned: hyperparameter name -> `Learned` (or a float: `Learned(float)`).
+    learned: hyperparameter name -> `Learned` (or a number: `Learned(number)`).
     hyper_optimizer: the level above, e.g. ``optax.sgd(1e-5)``.
     fixed: other keyword arguments of ``factory``, passed unchanged.
+    needs_params: whether the optimizer below needs ``params`` in its update
+      (e.g. `optax.adamw`, or coupled weight decay): then they are passed
+      through and the last ones are stored for the hypergradient.
 
   Returns:
-    A `optax.GradientTransformation` whose state is a `HyperoptimizeState`;
-    `hyperparameters` reads the values of every level.
+    A `optax.GradientTransformationExtraArgs` whose state is a
+    `HyperoptimizeState`; `hyperparameters` reads the values of every level,
+    `set_hyperparameters` writes them.
 
   Raises:
     ValueError: at construction, for an empty ``learned``, a name ``factory``
       does not accept, a name both learned and fixed, or an initial value
-      outside its space's domain or bounds.
+      outside its space's domain or bounds; in ``update``, when
+      ``needs_params`` and no params are given.
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from optax_extras import (
-    ...     hyperoptimize, hyperparameters, Learned)
+    >>> from optax_extras import hyperoptimize, hyperparameters, Learned
     >>> tx = hyperoptimize(
     ...     optax.adam,
     ...     learned={"learning_rate": Learned(0.1, "log"),
@@ -259,219 +582,81 @@ def hyperoptimize(
     >>> {k: round(float(v), 4) for k, v in hyperparameters(state)[0].items()}
     {'b1': 0.9042, 'learning_rate': 0.1056}
 
-  Reference:
+  References:
     Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
-    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371.
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; code:
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer.
   """
   fixed = dict(fixed or {})
-  if not isinstance(hyper_optimizer, optax.GradientTransformation):
-    raise ValueError(
-        "hyper_optimizer must be an optax.GradientTransformation, got "
-        f"hyper_optimizer={hyper_optimizer!r}.")
-  if not learned:
-    raise ValueError("learned must name at least one hyperparameter, got "
-                     f"learned={learned!r}.")
-  specs = {}
-  for name, spec in learned.items():
-    if not _accepts(factory, name):
-      raise ValueError(
-          f"hyperparameter {name!r} is not a keyword argument of "
-          f"factory={factory!r}.")
-    if name in fixed:
-      raise ValueError(
-          f"hyperparameter {name!r} is both learned and fixed, got "
-          f"fixed={fixed!r}.")
-    specs[name] = _checked_spec(name, spec)
-  for name in fixed:
-    if not _accepts(factory, name):
-      raise ValueError(
-          f"fixed argument {name!r} is not a keyword argument of "
-          f"factory={factory!r}.")
-  names = list(specs)
-  per_leaf = [name for name, spec in specs.items() if spec.per_leaf]
-
-  def initial(value, space):
-    """Natural and stored arrays of a concrete scalar initial value."""
-    dtype = _common.learned_rate_dtype(value)
-    stored = _SPACES[space][1](_checks.concrete_value(value))
-    return jnp.asarray(value, dtype), jnp.asarray(stored, dtype)
-
-  def stored_bounds(spec):
-    to_stored = _SPACES[spec.space][1]
-    low, high = spec.bounds
-    return (None if low is None else to_stored(low),
-            None if high is None else to_stored(high))
-
-  raw_bounds = {name: stored_bounds(spec) for name, spec in specs.items()
-                if spec.bounds != (None, None)}
-  # Construction fails here, with the factory's own message, when it rejects
-  # an initial value (per-leaf values: each leaf's).
-  scalar_inits = {name: spec.init for name, spec in specs.items()
-                  if not spec.per_leaf}
-  leaf_inits = [jax.tree.leaves(specs[name].init) for name in per_leaf]
-  for leaf in zip(*leaf_inits) if per_leaf else [()]:
-    factory(**fixed, **scalar_inits, **dict(zip(per_leaf, leaf)))
-
-  def natural(raw):
-    return {name: jax.tree.map(_SPACES[specs[name].space][0], value)
-            for name, value in raw.items()}
-
-  def leaf_values(values, treedef):
-    """One dict of values per leaf of `treedef` (per-leaf values split)."""
-    split = {name: treedef.flatten_up_to(values[name]) for name in per_leaf}
-    return [{**values, **{name: split[name][i] for name in per_leaf}}
-            for i in range(treedef.num_leaves)]
-
-  def inner_init(values, params):
-    if not per_leaf:
-      return factory(**fixed, **values).init(params)
-    leaves, treedef = jax.tree.flatten(params)
-    return treedef.unflatten([
-        factory(**fixed, **leaf).init(p)
-        for leaf, p in zip(leaf_values(values, treedef), leaves)])
-
-  def inner_update(raw, grads, inner_state, params):
-    values = natural(raw)
-    if not per_leaf:
-      updates, new_state = factory(**fixed, **values).update(
-          grads, inner_state, params)
-    else:
-      treedef = jax.tree.structure(grads)
-      leaf_params = ([None] * treedef.num_leaves if params is None
-                     else treedef.flatten_up_to(params))
-      results = [
-          factory(**fixed, **leaf).update(g, s, p)
-          for leaf, g, s, p in zip(
-              leaf_values(values, treedef), treedef.flatten_up_to(grads),
-              treedef.flatten_up_to(inner_state), leaf_params)]
-      updates = treedef.unflatten([u for u, _ in results])
-      new_state = treedef.unflatten([s for _, s in results])
-    # Traced hyperparameters (float32 at least) must not promote low-precision
-    # updates or state: both keep the dtypes they came with.
-    updates = jax.tree.map(lambda u, g: u.astype(g.dtype), updates, grads)
-    return updates, optax.tree.cast_like(new_state, inner_state)
+  specs = _check_arguments(factory, learned, hyper_optimizer, fixed)
+  _checks.check_bool("needs_params", needs_params)
+  _check_factory_accepts_initial_values(factory, fixed, specs)
+  inner = _Inner(factory, fixed, tuple(name for name, spec in specs.items()
+                                       if spec.per_leaf))
+  stored_bounds = {}
+  for name, spec in specs.items():
+    if spec.bounds != (None, None):
+      to_stored = SPACES[spec.space].to_stored_exact
+      stored_bounds[stored_key(name, spec.space)] = tuple(
+          None if b is None else to_stored(b) for b in spec.bounds)
 
   def init_fn(params):
-    hyperparams, raw = {}, {}
-    for name, spec in specs.items():
-      if not spec.per_leaf:
-        hyperparams[name], raw[name] = initial(spec.init, spec.space)
-        continue
-      start = (jax.tree.map(lambda _, v=spec.init: v, params)
-               if _is_scalar(spec.init) else spec.init)
-      pairs = jax.tree.map(lambda v, s=spec.space: initial(v, s), start)
-      hyperparams[name] = jax.tree.map(lambda _, pair: pair[0], start, pairs)
-      raw[name] = jax.tree.map(lambda _, pair: pair[1], start, pairs)
-    inner_state = inner_init(hyperparams, params)
-    grads = optax.tree.zeros_like(params)
-
-    def without_params():
-      return inner_update(raw, grads, inner_state, None)
-
-    try:
-      jax.eval_shape(without_params)
-      needs_params = False
-    except (ValueError, TypeError, AttributeError):
-      needs_params = True
+    natural, raw = _initial_hyperparameters(specs, params)
     return HyperoptimizeState(
         count=jnp.zeros([], jnp.int32),
-        hyperparams=hyperparams,
+        hyperparams=natural,
         raw_hyperparams=raw,
         hyper_state=hyper_optimizer.init(raw),
-        prev_inner_state=inner_state,
-        prev_grad=grads,
+        prev_inner_state=inner.init(natural, params),
+        prev_grad=optax.tree.zeros_like(params),
         prev_params=jax.tree.map(jnp.copy, params) if needs_params else None,
     )
 
-  def update_fn(updates, state, params=None):
-    if state.prev_params is not None and params is None:
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if needs_params and params is None:
       raise ValueError(
-          "the optimizer below needs the parameters: call "
+          "hyperoptimize(..., needs_params=True) needs the parameters: call "
           "update(grads, state, params) with params.")
-    first_step = state.count == 0
     raw = state.raw_hyperparams
-
-    def tangent(name):
-      """d u_{t-1} / d raw[name] along ones (per leaf: each leaf's own)."""
-      def previous_update(value):
-        return inner_update({**raw, name: value}, state.prev_grad,
-                            state.prev_inner_state, state.prev_params)[0]
-      ones = jax.tree.map(jnp.ones_like, raw[name])
-      return jax.jvp(previous_update, (raw[name],), (ones,))[1]
-
-    # One (k,) vector of <g, d u / d x_j> per leaf: the k tangents are
-    # evaluated together in one pass and never stored (see `_common.vdots`).
-    contractions = jax.tree.map(_common.vdots, updates,
-                                *[tangent(name) for name in names])
-    hypergrad = {}
-    for j, name in enumerate(names):
-      if specs[name].per_leaf:
-        hypergrad[name] = jax.tree.map(
-            lambda x, c, j=j: jnp.where(first_step, 0.0, c[j]).astype(x.dtype),
-            raw[name], contractions)
-      else:
-        total = sum(c[j] for c in jax.tree.leaves(contractions))
-        hypergrad[name] = jnp.where(first_step, 0.0, total).astype(
-            raw[name].dtype)
-
-    # The optimizer below's state after the last step (kept as it is on the
-    # first step). `late` is always False (x * 0 > 1 is False for inf and nan
-    # too) but XLA cannot fold it; with the barrier (which keeps XLA from
-    # sharing this recomputation with the tangents) it orders the in-place
-    # writes of the new state into the donated buffers after every read of
-    # the old one, so XLA no longer copies the state first (it did: two full
-    # copies per Adam leaf).
-    late = sum(jnp.sum(h) for h in jax.tree.leaves(hypergrad)) * 0.0 > 1.0
-    prev_inner_state, prev_grad, prev_params = jax.lax.optimization_barrier(
-        (state.prev_inner_state, state.prev_grad, state.prev_params))
-    _, recomputed = inner_update(raw, prev_grad, prev_inner_state, prev_params)
-    inner_state = jax.tree.map(
-        lambda old, new: jax.lax.select(
-            jnp.broadcast_to(first_step | late, jnp.shape(new)), old, new),
-        prev_inner_state, recomputed)
-    # Likewise the gradient is stored, in place of the last one, only once
-    # the new state (which reads the last one) is computed: a select, never
-    # taken, on one element of each state leaf. Two full copies fewer per leaf
-    # (the old gradient saved, the new one copied in). Selecting against 0
-    # rather than the old gradient reads one buffer fewer. The stored
-    # gradient keeps the dtype it was initialised with (that of params), so
-    # the state's structure is the same after every step.
-    inner_state = jax.lax.optimization_barrier(inner_state)
-    stored = late
-    for leaf in jax.tree.leaves(inner_state):
-      if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size:
-        stored = stored | (leaf[(0,) * leaf.ndim] * 0.0 > 1.0)
-    new_prev_grad = jax.tree.map(
-        lambda old, new: jnp.where(stored, jnp.zeros([], old.dtype),
-                                   new.astype(old.dtype)),
-        prev_grad, updates)
-
-    hyper_updates, hyper_state = hyper_optimizer.update(
-        hypergrad, state.hyper_state, state.raw_hyperparams)
-    raw = optax.apply_updates(state.raw_hyperparams, hyper_updates)
-    for name, (low, high) in raw_bounds.items():
-      raw[name] = jax.tree.map(lambda x, lo=low, hi=high: jnp.clip(x, lo, hi),
-                               raw[name])
-    finite = jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(h)) for h in jax.tree.leaves(hypergrad)]))
-    raw, hyper_state = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old),
-        (raw, hyper_state), (state.raw_hyperparams, state.hyper_state))
-
-    new_updates, _ = inner_update(raw, updates, inner_state, params)
+    treedef = jax.tree.structure(updates)
+    hypergrad, partials = hypergradient(inner, raw, updates, state)
+    inner_state = order_inner_state(
+        inner, partials, advance_inner_state(inner, raw, state),
+        state.prev_inner_state, treedef)
+    raw, hyper_state = hyper_step(hyper_optimizer, hypergrad, raw,
+                                  state.hyper_state, stored_bounds)
+    natural = natural_values(raw)
+    new_updates, _ = inner.update(natural, updates, inner_state,
+                                  params if needs_params else None)
     return new_updates, HyperoptimizeState(
         count=optax.safe_increment(state.count),
-        # A copy: in the identity space natural(raw) is raw itself, and no
-        # two state leaves may share a buffer (donation).
-        hyperparams=jax.tree.map(jnp.copy, natural(raw)),
+        # A copy: in the identity space the natural value is the stored one,
+        # and no two state leaves may share a buffer (donation).
+        hyperparams=jax.tree.map(jnp.copy, natural),
         raw_hyperparams=raw,
         hyper_state=hyper_state,
         prev_inner_state=inner_state,
-        prev_grad=new_prev_grad,
-        prev_params=None if state.prev_params is None else params,
+        prev_grad=store_gradient(inner, updates, partials, inner_state,
+                                 state.prev_grad, treedef),
+        prev_params=params if needs_params else None,
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _stacks(tree: Any) -> list[HyperoptimizeState]:
+  is_state = lambda x: isinstance(x, HyperoptimizeState)
+  return [s for s in jax.tree.leaves(tree, is_leaf=is_state) if is_state(s)]
+
+
+def _the_stack(opt_state: optax.OptState) -> HyperoptimizeState:
+  found = _stacks(opt_state)
+  if len(found) != 1:
+    raise ValueError(
+        "opt_state must hold exactly one hyperoptimize stack, found "
+        f"{len(found)}; pass the part of the state that holds one.")
+  return found[0]
 
 
 def hyperparameters(opt_state: optax.OptState) -> list[dict[str, Any]]:
@@ -492,18 +677,85 @@ def hyperparameters(opt_state: optax.OptState) -> list[dict[str, Any]]:
   Raises:
     ValueError: when ``opt_state`` holds no stack, or several side by side.
   """
-
-  def stacks(tree):
-    is_state = lambda x: isinstance(x, HyperoptimizeState)
-    return [s for s in jax.tree.leaves(tree, is_leaf=is_state) if is_state(s)]
-
-  found = stacks(opt_state)
-  if len(found) != 1:
-    raise ValueError(
-        "opt_state must hold exactly one hyperoptimize stack, found "
-        f"{len(found)}; pass the part of the state that holds one.")
   levels = []
+  found = [_the_stack(opt_state)]
   while found:
     levels.append(dict(found[0].hyperparams))
-    found = stacks(found[0].hyper_state)
+    found = _stacks(found[0].hyper_state)
   return levels
+
+
+def _with_values(stack: HyperoptimizeState, values: Mapping[str, Any],
+                 level: int) -> HyperoptimizeState:
+  if level > 0:
+    below = _stacks(stack.hyper_state)
+    if not below:
+      raise ValueError(f"level must be below the stack's height, got "
+                       f"level={level!r} too high.")
+    hyper_state = _replace_stack(stack.hyper_state, values, level - 1)
+    return stack._replace(hyper_state=hyper_state)
+  keys = {_parse_stored_key(key)[0]: key for key in stack.raw_hyperparams}
+  natural, raw = dict(stack.hyperparams), dict(stack.raw_hyperparams)
+  for name, value in values.items():
+    if name not in keys:
+      raise ValueError(
+          f"values must name learned hyperparameters of level {level} "
+          f"({sorted(keys)}), got {name!r}.")
+    space_name = _parse_stored_key(keys[name])[1]
+    space = SPACES[space_name]
+    number = _checks.concrete_value(value)
+    if number is not None and not space.in_domain(number):
+      raise ValueError(
+          f"{name} must be {space.domain} (space={space_name!r}), got "
+          f"{name}={value!r}.")
+    old = natural[name]
+    new = jax.tree.map(lambda o, v: jnp.broadcast_to(
+        jnp.asarray(v, o.dtype), o.shape), old,
+        value if jax.tree.structure(value) == jax.tree.structure(old)
+        else jax.tree.map(lambda _: value, old))
+    natural[name] = new
+    raw[keys[name]] = jax.tree.map(lambda v: space.to_stored(v), new)
+  return stack._replace(hyperparams=natural, raw_hyperparams=raw)
+
+
+def _replace_stack(tree: Any, values: Mapping[str, Any], level: int) -> Any:
+  _the_stack(tree)
+  is_state = lambda x: isinstance(x, HyperoptimizeState)
+  return jax.tree.map(
+      lambda x: _with_values(x, values, level) if is_state(x) else x,
+      tree, is_leaf=is_state)
+
+
+def set_hyperparameters(opt_state: optax.OptState, values: Mapping[str, Any],
+                        level: int = 0) -> optax.OptState:
+  """``opt_state`` with learned hyperparameters set to natural values.
+
+  The inverse of `hyperparameters` for one level: the values are converted
+  to their stored space (``log``, ``atanh(2 h - 1)``, ...), so the next step
+  continues from them (the hyper-level's own state is kept). Bounds are
+  applied at the next hyper-update.
+
+  Args:
+    opt_state: a state holding exactly one `HyperoptimizeState` stack (also
+      inside `optax.chain`).
+    values: name -> natural value (a number, or for a ``per_leaf`` name a
+      number for every leaf or a params-shaped tree).
+    level: 0 for the bottom level, 1 for the level above, ...
+
+  Returns:
+    The new state; ``opt_state`` is not modified.
+
+  Raises:
+    ValueError: for a name the level does not learn, a concrete value
+      outside its space's domain, or a level above the stack.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo, hyperparameters, set_hyperparameters
+    >>> tx = gdtuo.Adam(optimizer=gdtuo.SGD(1e-5))
+    >>> state = set_hyperparameters(tx.init(jnp.zeros(3)), {"alpha": 0.05})
+    >>> float(hyperparameters(state)[0]["alpha"])
+    0.05000000074505806
+  """
+  _checks.check_range("level", level, 0, math.inf, high_inclusive=False)
+  return _replace_stack(opt_state, values, int(level))

@@ -15,8 +15,10 @@ None (gdtuo's `NoOpOptimizer`), else the rule whose hyperparameters
 gives gdtuo's weights (float64: to ~1e-13 relative after 60 steps). Learned
 values are stored as gdtuo stores them: ``alpha`` and ``mu`` as they are,
 RMSProp's ``alpha`` as its square root, betas and ``gamma`` as
-``atanh(2 beta - 1)`` (used through ``(tanh(x) + 1) / 2``). `hyperparameters`
-reads them back in natural space, bottom level first.
+``atanh(2 beta - 1)`` (used through ``(tanh(x) + 1) / 2``), under the keys
+``"identity(alpha)"``, ``"square(alpha)"``, ``"unit_interval(beta1)"``, ...
+of the state's ``raw_hyperparams``. `hyperparameters` reads them back in
+natural space, bottom level first; `set_hyperparameters` writes them.
 
 Differences with gdtuo: ``SGDPerParam`` takes one float (the same start for
 every leaf) or a params-shaped tree of floats instead of gdtuo's
@@ -38,6 +40,7 @@ from optax_extras import _checks
 from optax_extras._hyperoptimize import hyperoptimize
 from optax_extras._hyperoptimize import hyperparameters
 from optax_extras._hyperoptimize import Learned
+from optax_extras._hyperoptimize import set_hyperparameters
 
 __all__ = (
     "AdaGrad",
@@ -46,6 +49,7 @@ __all__ = (
     "hyperparameters",
     "RMSProp",
     "RMSPropAlpha",
+    "set_hyperparameters",
     "SGD",
     "SGDPerParam",
 )
@@ -82,13 +86,13 @@ def _finite(name: str, value: Any) -> None:
                       low_inclusive=False, high_inclusive=False)
 
 
-def _rule(init_fn, update_fn) -> optax.GradientTransformation:
-  def cast_update(updates, state, params=None):
-    del params
+def _rule(init_fn, update_fn) -> optax.GradientTransformationExtraArgs:
+  def cast_update(updates, state, params=None, **extra_args):
+    del params, extra_args
     new_updates, new_state = update_fn(updates, state)
     return jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates,
                         updates), new_state
-  return optax.GradientTransformation(init_fn, cast_update)
+  return optax.GradientTransformationExtraArgs(init_fn, cast_update)
 
 
 def _sgd(alpha, mu=0.0, *, momentum: bool = False):
@@ -173,7 +177,7 @@ def SGD(  # pylint: disable=invalid-name
     alpha: float = 0.01,
     mu: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's SGD: ``p - alpha * buf``, learning ``alpha`` (and ``mu``).
 
   Momentum (``buf = g`` on the first step, then ``buf * mu + g``) is used,
@@ -185,7 +189,7 @@ def SGD(  # pylint: disable=invalid-name
     optimizer: the level that learns ``alpha`` (and ``mu``); None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -201,7 +205,11 @@ def SGD(  # pylint: disable=invalid-name
   """
   _finite("alpha", alpha)
   _finite("mu", mu)
-  momentum = _checks.concrete_value(mu) != 0.0
+  # gdtuo: momentum (and a learned mu) only when mu != 0. An array mu, even
+  # a zero one, keeps momentum, so that `optax.inject_hyperparams` (concrete
+  # arrays in init, traced ones in update) builds one state structure; with
+  # mu = 0 it gives the same numbers.
+  momentum = not (isinstance(mu, (int, float)) and mu == 0)
   if optimizer is None:
     return _sgd(alpha, mu, momentum=momentum)
   learned = {"alpha": Learned(alpha)}
@@ -213,7 +221,7 @@ def SGD(  # pylint: disable=invalid-name
 def SGDPerParam(  # pylint: disable=invalid-name
     alpha: Any,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's SGDPerParam: ``p_i - alpha_i * g_i``, one alpha per leaf.
 
   Args:
@@ -223,7 +231,7 @@ def SGDPerParam(  # pylint: disable=invalid-name
     optimizer: the level that learns the alphas; None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   if (isinstance(alpha, (list, tuple)) and alpha
       and all(isinstance(pair, tuple) and len(pair) == 2
@@ -256,7 +264,7 @@ def SGDPerParam(  # pylint: disable=invalid-name
 def AdaGrad(  # pylint: disable=invalid-name
     alpha: float = 0.01,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's AdaGrad: ``G += g^2`` from ``G_0 = 0.1``, learning ``alpha``.
 
   ``p - alpha * g / sqrt(G + 1e-10)``; ``alpha`` is stored as it is.
@@ -266,7 +274,7 @@ def AdaGrad(  # pylint: disable=invalid-name
     optimizer: the level that learns ``alpha``; None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _finite("alpha", alpha)
   if optimizer is None:
@@ -278,7 +286,7 @@ def RMSProp(  # pylint: disable=invalid-name
     alpha: float = 0.01,
     gamma: float = 0.99,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's RMSProp, learning ``alpha`` and ``gamma``.
 
   ``s = gamma s + (1 - gamma) g^2`` (``s_0 = 0``);
@@ -291,7 +299,7 @@ def RMSProp(  # pylint: disable=invalid-name
     optimizer: the level that learns ``alpha`` and ``gamma``; None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _checks.check_nonnegative("alpha", alpha)
   _checks.check_range("gamma", gamma, 0.0, 1.0, low_inclusive=False,
@@ -309,7 +317,7 @@ def RMSPropAlpha(  # pylint: disable=invalid-name
     alpha: float = 0.01,
     gamma: float = 0.99,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's RMSPropAlpha: `RMSProp` learning ``alpha`` only (``gamma`` fixed).
 
   Args:
@@ -318,7 +326,7 @@ def RMSPropAlpha(  # pylint: disable=invalid-name
     optimizer: the level that learns ``alpha``; None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _checks.check_nonnegative("alpha", alpha)
   _checks.check_decay("gamma", gamma)
@@ -334,7 +342,7 @@ def Adam(  # pylint: disable=invalid-name
     beta2: float = 0.999,
     log_eps: float = -8.0,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's Adam, learning ``alpha``, ``beta1`` and ``beta2``.
 
   With ``eps = 10**log_eps`` and its own step count ``t``::
@@ -354,7 +362,7 @@ def Adam(  # pylint: disable=invalid-name
     optimizer: the level that learns the three; None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _finite("alpha", alpha)
   _finite("log_eps", log_eps)
@@ -379,7 +387,7 @@ def AdamBaydin(  # pylint: disable=invalid-name
     beta2: float = 0.999,
     log_eps: float = -8.0,
     optimizer: optax.GradientTransformation | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's AdamBaydin: `Adam` learning ``alpha`` only (betas fixed).
 
   Args:
@@ -390,7 +398,7 @@ def AdamBaydin(  # pylint: disable=invalid-name
     optimizer: the level that learns ``alpha``; None: fixed.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _finite("alpha", alpha)
   _finite("log_eps", log_eps)

@@ -1,13 +1,11 @@
-"""Tests of `optax-extras compare`: data, optimizer lists, training, outputs."""
+"""Tests of `optax-extras compare`: training, outputs, devices, the command."""
 
 import contextlib
 import csv
-import gzip
 import io
 import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 
@@ -20,6 +18,7 @@ from optax_extras.experiments import cli
 from optax_extras.experiments import data
 from optax_extras.experiments import models
 from optax_extras.experiments import optimizers
+from optax_extras.experiments import options
 from optax_extras.experiments import train
 
 COLUMNS = ["Epoch", "Iteration", "Time", "Loss", "LossEpoch", "ValidLossEpoch",
@@ -161,7 +160,7 @@ def _experiment(devices=1, epochs=2, task="mlp", seed=0, batch_size=128):
 
 
 def _train(experiment, text):
-  (choice,) = optimizers.parse([text])
+  (choice,) = options.parse([text])
   return experiment.train(choice.label, optimizers.build(choice),
                           progress=False)
 
@@ -232,88 +231,6 @@ def test_batch_size_not_divisible_by_devices_is_an_error(capsys):
       capsys.readouterr().err)
 
 
-# --- optimizer lists ----------------------------------------------------------
-
-
-def test_list_syntax_names_and_options():
-  choices = optimizers.parse(
-      ["sgd,adam_hd:lr=0.001,hypergrad_lr=1e-7,adam", "nadam:b1=0.8"])
-  assert [c.name for c in choices] == ["sgd", "adam_hd", "adam", "nadam"]
-  assert choices[1].options == {"lr": 0.001, "hypergrad_lr": 1e-7}
-  assert choices[3].options == {"b1": 0.8}
-  assert choices[1].label == "adam_hd:lr=0.001,hypergrad_lr=1e-07"
-
-
-@pytest.mark.parametrize("name", list(optimizers._FLAT))
-def test_every_named_optimizer_builds_and_steps(name):
-  (choice,) = optimizers.parse([name])
-  built = optimizers.build(choice)
-  params = {"w": np.ones(3, np.float32), "b": np.zeros(2, np.float32)}
-  state = built.tx.init(params)
-  grads = {"w": np.full(3, 0.5, np.float32), "b": np.ones(2, np.float32)}
-  updates, state = built.tx.update(grads, state, params)
-  assert np.all(np.asarray(updates["w"]) < 0)
-  assert float(built.rate(state)) > 0
-
-
-def test_stack_parses_into_levels():
-  (choice,) = optimizers.parse(["rmsprop/adam:lr=0.001/1e-4,gamma=0.9/"])
-  assert choice.is_stack
-  assert choice.options == ({"lr": 0.001, "gamma": 0.9}, {"lr": 1e-4})
-  assert choice.label == "rmsprop/adam:lr=0.001/0.0001,gamma=0.9/"
-
-
-class _FakeGdtuo:
-  """Records constructor calls as nested tuples instead of building them."""
-
-  def __getattr__(self, constructor):
-    return lambda **kwargs: (constructor, kwargs)
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("adam/sgd:lr=0.001/1e-5",
-     ("Adam", {"alpha": 0.001, "optimizer": ("SGD", {"alpha": 1e-5})})),
-    ("sgd/sgd/sgd",
-     ("SGD", {"optimizer": ("SGD", {"alpha": optimizers.HYPER_LEVEL_LR,
-                                    "optimizer": ("SGD", {
-                                        "alpha": optimizers.HYPER_LEVEL_LR})})})),
-    ("rmsprop/adam:gamma=0.9/,lr=/1e-3",
-     ("RMSProp", {"gamma": 0.9, "optimizer": ("Adam", {"alpha": 1e-3})})),
-    ("adagrad/adam:beta1=/0.8",
-     ("AdaGrad", {"optimizer": ("Adam", {"alpha": optimizers.HYPER_LEVEL_LR,
-                                         "beta1": 0.8})})),
-])
-def test_stack_builds_nested_gdtuo_constructors(text, expected):
-  (choice,) = optimizers.parse([text])
-  assert optimizers.stack_transformation(choice, _FakeGdtuo()) == expected
-
-
-@pytest.mark.parametrize("text, message", [
-    ("adam/sgd:lr=0.001", "option lr of adam/sgd needs 2 values separated by"),
-    ("adam/sgd:gamma=0.9/", "unknown option 'gamma' for the adam level of "
-     "adam/sgd; valid options: lr, beta1, beta2, log_eps"),
-    ("adam/lbfgs", "unknown level 'lbfgs' in stack adam/lbfgs; valid levels: "
-     "sgd, adam, rmsprop, adagrad"),
-    ("adam_hd:momentum=0.9", "unknown option 'momentum' for adam_hd; valid "
-     "options: lr, b1, b2, eps, hypergrad_lr, weight_decay"),
-    ("sgd:lr=fast", "option lr of sgd must be a number, got 'fast'"),
-    ("lr=0.1,sgd", "option 'lr=0.1' comes before any optimizer name"),
-    ("sgd,,adam", "empty item"),
-    ("sgd,sgd", "optimizer 'sgd' is listed twice"),
-    ("sgd:lr", "option 'lr' of sgd is not of the form key=value"),
-])
-def test_bad_lists_name_the_problem(text, message):
-  with pytest.raises(optimizers.OptimizerError) as error:
-    optimizers.parse([text])
-  assert message in str(error.value)
-
-
-def test_bad_value_from_the_constructor_names_the_optimizer():
-  (choice,) = optimizers.parse(["adam_hd:b1=1.5"])
-  with pytest.raises(optimizers.OptimizerError, match="adam_hd:b1=1.5: b1"):
-    optimizers.build(choice)
-
-
 @pytest.mark.parametrize("text, initial_rate", [
     ("adam/sgd:lr=0.01/1e-4", 0.01), ("sgd/sgd/sgd:lr=0.1/1e-3/", 0.1),
     ("rmsprop/adam", 0.01)])
@@ -365,149 +282,3 @@ def test_help_works_through_python_m():
     assert name in completed.stdout
 
 
-# --- data loaders -------------------------------------------------------------
-
-
-def _idx(array, magic=None):
-  array = np.asarray(array, np.uint8)
-  magic = 0x800 | array.ndim if magic is None else magic
-  header = magic.to_bytes(4, "big") + b"".join(
-      n.to_bytes(4, "big") for n in array.shape)
-  return header + array.tobytes()
-
-
-def _write_mnist(directory, gz, train_n=6, valid_n=4, mutate=None):
-  rng = np.random.default_rng(0)
-  arrays = {
-      "train-images-idx3-ubyte": rng.integers(0, 256, (train_n, 28, 28)),
-      "train-labels-idx1-ubyte": rng.integers(0, 10, train_n),
-      "t10k-images-idx3-ubyte": rng.integers(0, 256, (valid_n, 28, 28)),
-      "t10k-labels-idx1-ubyte": rng.integers(0, 10, valid_n),
-  }
-  for name, array in arrays.items():
-    content = _idx(array)
-    if mutate:
-      content = mutate(name, content)
-    if gz:
-      with gzip.open(os.path.join(directory, name + ".gz"), "wb") as f:
-        f.write(content)
-    else:
-      with open(os.path.join(directory, name), "wb") as f:
-        f.write(content)
-  return arrays
-
-
-@pytest.mark.parametrize("gz", [False, True])
-def test_mnist_loader_reads_idx_files(tmp_path, gz):
-  arrays = _write_mnist(tmp_path, gz)
-  dataset = data.load("mnist", str(tmp_path))
-  assert dataset.train_images.shape == (6, 28, 28, 1)
-  assert dataset.valid_images.shape == (4, 28, 28, 1)
-  assert dataset.train_images.dtype == np.float32
-  np.testing.assert_array_equal(dataset.train_labels,
-                                arrays["train-labels-idx1-ubyte"])
-  expected = (arrays["t10k-images-idx3-ubyte"] / 255.0 - 0.1307) / 0.3081
-  np.testing.assert_allclose(dataset.valid_images[..., 0], expected, rtol=1e-5)
-
-
-def test_mnist_missing_file_names_it(tmp_path):
-  _write_mnist(tmp_path, gz=False)
-  os.remove(tmp_path / "t10k-labels-idx1-ubyte")
-  with pytest.raises(data.DataError) as error:
-    data.load("mnist", str(tmp_path))
-  assert str(error.value) == (
-      f"mnist: expected t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz "
-      f"in {tmp_path} (not found)")
-
-
-def test_mnist_bad_magic_number(tmp_path):
-  _write_mnist(tmp_path, gz=True, mutate=lambda name, c: (
-      (0x801).to_bytes(4, "big") + c[4:] if name.startswith("train-images")
-      else c))
-  with pytest.raises(data.DataError) as error:
-    data.load("mnist", str(tmp_path))
-  message = str(error.value)
-  assert "train-images-idx3-ubyte.gz: bad magic number 0x00000801" in message
-  assert "expected 0x00000803" in message
-
-
-def test_mnist_truncated_file(tmp_path):
-  _write_mnist(tmp_path, gz=False, mutate=lambda name, c: (
-      c[:-10] if name.startswith("t10k-images") else c))
-  with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte: truncated"):
-    data.load("mnist", str(tmp_path))
-
-
-def test_mnist_corrupt_gzip(tmp_path):
-  _write_mnist(tmp_path, gz=True)
-  (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
-  with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz: cannot "
-                     "read it"):
-    data.load("mnist", str(tmp_path))
-
-
-def test_missing_data_dir(tmp_path):
-  with pytest.raises(data.DataError, match="does not exist"):
-    data.load("cifar10", str(tmp_path / "nowhere"))
-  with pytest.raises(data.DataError, match="needs --data-dir"):
-    data.load("mnist")
-
-
-def _write_cifar(directory, n=3):
-  rng = np.random.default_rng(1)
-  batches = {}
-  for name in (*data.CIFAR10_TRAIN, data.CIFAR10_VALID):
-    batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-             b"labels": list(rng.integers(0, 10, n)),
-             b"batch_label": name.encode()}
-    with open(os.path.join(directory, name), "wb") as f:
-      pickle.dump(batch, f)
-    batches[name] = batch
-  return batches
-
-
-@pytest.mark.parametrize("nested", [True, False])
-def test_cifar10_loader_reads_pickle_batches(tmp_path, nested):
-  directory = tmp_path / "cifar-10-batches-py" if nested else tmp_path
-  directory.mkdir(exist_ok=True)
-  batches = _write_cifar(directory)
-  dataset = data.load("cifar10", str(tmp_path))
-  assert dataset.train_images.shape == (15, 32, 32, 3)
-  assert dataset.valid_images.shape == (3, 32, 32, 3)
-  np.testing.assert_array_equal(dataset.valid_labels,
-                                batches["test_batch"][b"labels"])
-  raw = batches["data_batch_2"][b"data"][0]  # channel-major rows of 1024
-  pixel = raw.reshape(3, 32, 32)[:, 4, 7] / 255.0
-  np.testing.assert_allclose(
-      dataset.train_images[3, 4, 7],
-      (pixel - np.array(data.CIFAR10_MEAN)) / np.array(data.CIFAR10_STD),
-      rtol=1e-5)
-
-
-def test_cifar10_missing_batch_names_it(tmp_path):
-  _write_cifar(tmp_path)
-  os.remove(tmp_path / "data_batch_4")
-  with pytest.raises(data.DataError) as error:
-    data.load("cifar10", str(tmp_path))
-  assert str(error.value) == (
-      f"cifar10: expected the batch file {tmp_path / 'data_batch_4'} "
-      "(not found)")
-
-
-def test_cifar10_malformed_batch(tmp_path):
-  _write_cifar(tmp_path)
-  (tmp_path / "test_batch").write_bytes(b"\x80\x04garbage")
-  with pytest.raises(data.DataError, match="test_batch: not a CIFAR-10 python "
-                     "batch, the pickle does not load"):
-    data.load("cifar10", str(tmp_path))
-  with open(tmp_path / "test_batch", "wb") as f:
-    pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
-  with pytest.raises(data.DataError, match=r"'data' is uint8 \(2, 100\)"):
-    data.load("cifar10", str(tmp_path))
-
-
-def test_optax_tree_get_reads_the_logged_rate():
-  built = optimizers.build(optimizers.parse(["adam_hd:lr=0.02"])[0])
-  state = built.tx.init({"w": np.ones(2, np.float32)})
-  assert float(built.rate(state)) == pytest.approx(
-      float(optax.tree.get(state, "learning_rate"))) == pytest.approx(0.02)

@@ -128,6 +128,12 @@ def test_learned_hyperparameters_moved(case):
     assert max(moved) > 1e-3, (level, moved)
 
 
+# The golden files were written on one machine; another CPU or math library
+# rounds the last bit differently (8e-17 seen), so they are compared at the
+# float64 parity promised (1e-12 relative), not bit for bit.
+GOLDEN_RTOL, GOLDEN_ATOL = 1e-12, 1e-15
+
+
 @pytest.mark.skipif(not HAVE_GDTUO, reason="needs torch and gdtuo")
 @pytest.mark.parametrize("case", list(golden.CASES))
 def test_golden_files_are_current(case):
@@ -135,13 +141,15 @@ def test_golden_files_are_current(case):
   stored = _golden(case)
   assert sorted(live) == sorted(stored)
   for key in live:
-    np.testing.assert_array_equal(live[key], stored[key], err_msg=key)
+    np.testing.assert_allclose(live[key], stored[key], rtol=GOLDEN_RTOL,
+                               atol=GOLDEN_ATOL, err_msg=key)
 
 
 def test_golden_inputs_are_current():
   stored = _golden("inputs")
   for key, value in golden.make_inputs().items():
-    np.testing.assert_array_equal(value, stored[key], err_msg=key)
+    np.testing.assert_allclose(value, stored[key], rtol=GOLDEN_RTOL,
+                               atol=GOLDEN_ATOL, err_msg=key)
 
 
 def test_readout_inside_chain_is_natural_space():
@@ -152,8 +160,8 @@ def test_readout_inside_chain_is_natural_space():
   np.testing.assert_allclose(float(level["alpha"]), 0.04, rtol=1e-6)
   np.testing.assert_allclose(float(level["gamma"]), 0.9, rtol=1e-6)
   raw = optax.tree.get(state, "raw_hyperparams")
-  np.testing.assert_allclose(float(raw["alpha"]), 0.2, rtol=1e-6)
-  np.testing.assert_allclose(float(raw["gamma"]), np.arctanh(0.8), rtol=1e-6)
+  np.testing.assert_allclose(float(raw["square(alpha)"]), 0.2, rtol=1e-6)
+  np.testing.assert_allclose(float(raw["unit_interval(gamma)"]), np.arctanh(0.8), rtol=1e-6)
 
 
 def test_three_level_readout_lists_learned_levels_bottom_first():

@@ -102,7 +102,7 @@ def test_tree_get_reads_learned_rate(name):
   _, state = tx.update(_grads(_params()), state)
   _, state = tx.update(_grads(_params()), state)
   assert float(optax.tree.get(state, "learning_rate")) == float(
-      state.learning_rate)
+      state[-1].learning_rate)
 
 
 @pytest.mark.parametrize("name", HD)

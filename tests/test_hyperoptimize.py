@@ -159,7 +159,7 @@ _ORACLE_CASES = {
         {"learning_rate": ("identity", 0.01), "b1": ("unit_interval", 0.9),
          "b2": ("unit_interval", 0.99)},
         lambda: optax.adam(1e-3), {}),
-    # Decoupled weight decay needs the previous params (stored, detected).
+    # Decoupled weight decay needs the params (passed with needs_params).
     "lion_weight_decay": (
         optax.lion,
         {"learning_rate": ("square", 1e-3), "weight_decay": ("log", 0.1)},
@@ -176,7 +176,7 @@ def test_stack_matches_oracle_from_definition(case):
   with jax.enable_x64(True):
     tx = hyperoptimize(
         factory, {k: Learned(inits[k], spaces[k]) for k in learned}, hyper(),
-        fixed)
+        fixed, needs_params=case == "lion_weight_decay")
     ours, state = train(tx, params, xs, ys)
     theirs, natural = oracle_train(factory, spaces, inits, hyper(), fixed,
                                    params, xs, ys)
@@ -260,9 +260,9 @@ def test_readout_is_natural_space_and_works_inside_chain():
   (level,) = hyperparameters(state)
   raw = state[1].raw_hyperparams
   np.testing.assert_allclose(float(level["b1"]),
-                             (np.tanh(float(raw["b1"])) + 1) / 2, rtol=1e-6)
+                             (np.tanh(float(raw["unit_interval(b1)"])) + 1) / 2, rtol=1e-6)
   np.testing.assert_allclose(float(level["learning_rate"]),
-                             np.exp(float(raw["learning_rate"])), rtol=1e-6)
+                             np.exp(float(raw["log(learning_rate)"])), rtol=1e-6)
   assert float(level["learning_rate"]) != pytest.approx(2e-3, rel=1e-4)
 
 
@@ -325,15 +325,15 @@ def test_non_finite_hypergradient_skips_the_hyper_update():
   before = state
   updates, state = tx.update(huge, state)
   assert np.all(np.isfinite(updates))
-  np.testing.assert_array_equal(state.raw_hyperparams["learning_rate"],
-                                before.raw_hyperparams["learning_rate"])
+  np.testing.assert_array_equal(state.raw_hyperparams["log(learning_rate)"],
+                                before.raw_hyperparams["log(learning_rate)"])
   for kept, old in zip(jax.tree.leaves(state.hyper_state),
                        jax.tree.leaves(before.hyper_state)):
     np.testing.assert_array_equal(kept, old)
   np.testing.assert_allclose(updates, -0.1 * huge, rtol=1e-6)
   _, state = tx.update(jnp.full(2, 1e-3, jnp.float32), state)
-  assert float(state.raw_hyperparams["learning_rate"]) != float(
-      before.raw_hyperparams["learning_rate"])
+  assert float(state.raw_hyperparams["log(learning_rate)"]) != float(
+      before.raw_hyperparams["log(learning_rate)"])
 
 
 def test_donated_jit_step_and_distinct_state_buffers():
@@ -408,3 +408,103 @@ def test_is_a_state_of_named_arrays():
   assert isinstance(state, HyperoptimizeState)
   assert state.prev_params is None
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state))
+
+
+def test_tree_get_finds_the_one_natural_value():
+  tx = hyperoptimize(optax.adam, {"learning_rate": Learned(2e-3, "log")},
+                     optax.adam(1e-2))
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  for _ in range(3):
+    _, state = tx.update({"w": jnp.array([0.3, -1.0, 2.0])}, state, params)
+  learned = optax.tree.get(state, "learning_rate")
+  np.testing.assert_allclose(
+      float(learned),
+      float(jnp.exp(state.raw_hyperparams["log(learning_rate)"])), rtol=1e-6)
+  assert float(learned) != pytest.approx(2e-3, rel=1e-4)
+
+
+def test_set_hyperparameters_writes_natural_values_at_any_level():
+  tx = gdtuo.Adam(optimizer=gdtuo.Adam(1e-3, optimizer=gdtuo.SGD(1e-5)))
+  state = tx.init({"w": jnp.ones(3)})
+  state = optax_extras.set_hyperparameters(state, {"alpha": 0.05,
+                                                   "beta1": 0.5})
+  state = optax_extras.set_hyperparameters(state, {"alpha": 2e-3}, level=1)
+  levels = hyperparameters(state)
+  np.testing.assert_allclose(float(levels[0]["alpha"]), 0.05, rtol=1e-7)
+  np.testing.assert_allclose(float(levels[0]["beta1"]), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(float(levels[1]["alpha"]), 2e-3, rtol=1e-7)
+  np.testing.assert_allclose(
+      float(state.raw_hyperparams["unit_interval(beta1)"]), 0.0, atol=1e-7)
+  updates, _ = tx.update({"w": jnp.ones(3)}, state)
+  # Adam's first step is -alpha * sign(g) (up to eps), with the new alpha.
+  np.testing.assert_allclose(updates["w"], -0.05, rtol=1e-4)
+  with pytest.raises(ValueError, match="'gamma'"):
+    optax_extras.set_hyperparameters(state, {"gamma": 0.5})
+  with pytest.raises(ValueError, match="beta1.*in \\(0, 1\\).*beta1=1.5"):
+    optax_extras.set_hyperparameters(state, {"beta1": 1.5})
+  with pytest.raises(ValueError, match="level"):
+    optax_extras.set_hyperparameters(state, {"alpha": 0.1}, level=2)
+
+
+@pytest.mark.parametrize("hyper_optimizer", [
+    optax.sgd(float("nan")),  # NaN * a zero first hypergradient
+    optax.sgd(1e30),          # a finite stored log-rate whose exp is inf
+], ids=["nan_step", "overflowing_value"])
+def test_non_finite_new_value_never_reaches_the_params(hyper_optimizer):
+  tx = hyperoptimize(optax.sgd, {"learning_rate": Learned(0.1, "log")},
+                     hyper_optimizer)
+  params = jnp.ones(2, jnp.float32)
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = tx.update(jnp.full(2, 0.5, jnp.float32), state)
+    np.testing.assert_allclose(updates, -0.05, rtol=1e-6)
+  assert float(state.raw_hyperparams["log(learning_rate)"]) == pytest.approx(
+      np.log(0.1), rel=1e-6)
+
+
+def test_traced_initial_values_under_inject_hyperparams():
+  tx = optax.inject_hyperparams(
+      lambda alpha: gdtuo.Adam(alpha, optimizer=gdtuo.SGD(1e-5)))(alpha=1e-2)
+  plain = gdtuo.Adam(1e-2, optimizer=gdtuo.SGD(1e-5))
+  params = {"w": jnp.ones(3)}
+  state, plain_state = tx.init(params), plain.init(params)
+  step, plain_step = jax.jit(tx.update), jax.jit(plain.update)
+  for _ in range(3):
+    grads = {"w": jnp.array([0.3, -1.0, 2.0])}
+    updates, state = step(grads, state)
+    plain_updates, plain_state = plain_step(grads, plain_state)
+    np.testing.assert_allclose(updates["w"], plain_updates["w"], rtol=1e-6)
+  (level,) = hyperparameters(state)
+  (plain_level,) = hyperparameters(plain_state)
+  np.testing.assert_allclose(float(level["alpha"]),
+                             float(plain_level["alpha"]), rtol=1e-6)
+  assert float(level["alpha"]) != pytest.approx(1e-2, rel=1e-4)
+
+
+def test_needs_params_is_stated_and_enforced():
+  tx = hyperoptimize(optax.adamw, {"learning_rate": Learned(1e-3, "log")},
+                     optax.sgd(1e-3), {"weight_decay": 0.1},
+                     needs_params=True)
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  assert state.prev_params is not None
+  with pytest.raises(ValueError, match="needs_params=True.*params"):
+    tx.update({"w": jnp.ones(3)}, state)
+  updates, _ = tx.update({"w": jnp.ones(3)}, state, params)
+  assert np.all(np.isfinite(updates["w"]))
+
+
+@pytest.mark.parametrize("bounds", [("a", None), (None, [1.0]), (1.0,)])
+def test_malformed_bounds_raise_value_error_naming_them(bounds):
+  with pytest.raises(ValueError, match="bounds of hyperparameter"):
+    hyperoptimize(optax.sgd, {"learning_rate": Learned(0.1, bounds=bounds)},
+                  optax.sgd(1e-3))
+
+
+def test_update_accepts_extra_args():
+  tx = hyperoptimize(optax.sgd, {"learning_rate": 0.1}, optax.sgd(1e-3))
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  state = tx.init(jnp.ones(2))
+  updates, _ = tx.update(jnp.ones(2), state, value=jnp.float32(1.0))
+  np.testing.assert_allclose(updates, -0.1, rtol=1e-6)

@@ -3,7 +3,10 @@
 ``digits`` ships with scikit-learn (8x8 grey images, 1797 of them; a fixed
 stratified split keeps 360 for validation). ``mnist`` reads the four IDX
 files (raw or ``.gz``) from a directory; ``cifar10`` reads the python pickle
-batches from ``cifar-10-batches-py`` or from the directory itself. Pixels are
+batches from ``cifar-10-batches-py`` or from the directory itself, with an
+unpickler that admits only what those batches hold (dicts, lists, strings,
+bytes, numbers, numpy arrays and dtypes), so a crafted file cannot run code.
+Labels must be in 0..9. Pixels are
 scaled to [0, 1] and normalized as in the hypergradient repo's train.py:
 MNIST with mean 0.1307 and std 0.3081, CIFAR-10 per channel with train.py's
 means and stds; digits with the mean and std of its training pixels. Nothing
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
+import math
 import os
 import pickle
 import zlib
@@ -111,7 +116,7 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
                     f"expected {header})")
   shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big")
                 for i in range(ndim))
-  expected = header + int(np.prod(shape))
+  expected = header + math.prod(shape)  # Python ints: no overflow
   if len(content) != expected:
     raise DataError(
         f"{path}: {'truncated' if len(content) < expected else 'too long'}: "
@@ -123,8 +128,13 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
 def _labeled(images: np.ndarray, labels: np.ndarray, where: str):
   if len(images) != len(labels):
     raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
-  if labels.size and labels.max() > 9:
-    raise DataError(f"{where}: label {labels.max()} out of range 0..9")
+  if labels.ndim != 1 or (labels.size
+                          and not np.issubdtype(labels.dtype, np.integer)):
+    raise DataError(f"{where}: labels are {labels.dtype} {labels.shape}, "
+                    "expected one integer per image")
+  bad = labels[(labels < 0) | (labels > 9)]
+  if bad.size:
+    raise DataError(f"{where}: label {bad[0]} out of range 0..9")
   return images, labels.astype(np.int32)
 
 
@@ -141,16 +151,37 @@ def load_mnist(data_dir: str) -> Dataset:
   return Dataset("mnist", *arrays["train"], *arrays["valid"])
 
 
+class _BatchUnpickler(pickle.Unpickler):
+  """Admits only the globals a CIFAR-10 python batch refers to (numpy's array
+  and scalar reconstructors and dtype, and `_codecs.encode`, which rebuilds
+  bytes in a protocol-2 pickle written by Python 3); any other global (a
+  function a crafted pickle would call) is refused before it is looked up."""
+
+  ALLOWED = frozenset(
+      (module, name)
+      for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")) | {
+          ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+  def find_class(self, module, name):
+    if (module, name) not in self.ALLOWED:
+      raise pickle.UnpicklingError(
+          f"refused global {module}.{name}: a CIFAR-10 batch holds only "
+          "dicts, lists, strings, numbers and numpy arrays")
+    return super().find_class(module, name)
+
+
 def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
   """A CIFAR-10 python batch: uint8 images (N, 32, 32, 3) and labels.
 
-  The batches are pickles: load only files you trust.
+  Read with `_BatchUnpickler`: a pickle that refers to anything else (e.g. a
+  function to call) is a DataError, and none of its code runs.
   """
   if not os.path.isfile(path):
     raise DataError(f"cifar10: expected the batch file {path} (not found)")
   try:
     with open(path, "rb") as f:
-      batch = pickle.load(f, encoding="bytes")
+      batch = _BatchUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
   except Exception as error:
     raise DataError(f"{path}: not a CIFAR-10 python batch, the pickle does not "
                     f"load ({type(error).__name__}: {error})") from None

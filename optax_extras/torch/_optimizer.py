@@ -1,0 +1,333 @@
+"""`OptaxOptimizer`: any optax transformation as a `torch.optim.Optimizer`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+import torch
+
+from optax_extras.torch import _checkpoint
+from optax_extras.torch import _convert
+from optax_extras.torch import _group
+from optax_extras.torch import _import
+from optax_extras.torch import _options
+from optax_extras.torch import _plan
+from optax_extras.torch import _rate
+
+
+class OptaxOptimizer(torch.optim.Optimizer):
+  r"""Any optax transformation as a `torch.optim.Optimizer`.
+
+  Each step runs, per parameter group, one jitted and donated JAX update
+
+  .. math::
+
+    (u_t, s_t) = \mathrm{tx.update}(g_t, s_{t-1}, p_{t-1}), \qquad
+    p_t = p_{t-1} + u_t
+
+  on the group's tensors, which cross to JAX by DLPack without copies where
+  the device allows.
+
+  **Transformation.** ``tx`` is either a `optax.GradientTransformation`, used
+  as is for every group (a group may carry its own under the key ``"tx"``),
+  or a factory such as ``optax.adam`` or ``optax_extras.diffgrad``, called
+  per group with the group's options (the keyword arguments given here,
+  overridden by the group's dict). Options go by torch's names where torch
+  has one: ``lr`` (optax ``learning_rate``; defaults to the factory's
+  default), ``betas`` (``(b1, b2)``; ``b1=``/``b2=`` are accepted and shown
+  as ``betas``), ``momentum``, ``eps``, ``weight_decay``. The factory's
+  numeric defaults for these show in ``param_groups``, and these values are
+  injected with `optax.inject_hyperparams`, so torch schedulers (e.g.
+  ``OneCycleLR``, which cycles ``betas`` or ``momentum``) change them without
+  a recompile. Other options are static: changing one rebuilds the
+  transformation (a recompile) and keeps the state.
+
+  **Checked values.** ``lr``, ``momentum``, ``eps`` and ``weight_decay`` must
+  be finite and >= 0, each beta in [0, 1): a ValueError naming the key, at
+  construction and when a step uses a value written into ``param_groups``
+  (that step then changes nothing).
+
+  **Learned rates.** A learning rate that the transformation learns (the
+  bottom level of a `optax_extras.hyperoptimize` / `optax_extras.gdtuo`
+  stack, in natural units; a state field ``learning_rate``, e.g.
+  `optax_extras.adam_hd`) is written to ``param_groups[i]["lr"]`` after every
+  step; a value written there sets the learned rate (natural units) before
+  the next step. It is not injected: ``optax.tree.get(state,
+  "learning_rate")`` finds the one learned value.
+
+  **Per-parameter steps.** Parameters whose ``grad`` is None are left alone,
+  as torch does. Parameters that have always stepped together share one
+  optax state; when only some of them have gradients, that state is split in
+  two (`optax.tree_map_params`), so each part keeps its own step count: a
+  layer frozen for 50 steps and then unfrozen gets the bias correction of
+  its own first step, as with ``torch.optim.Adam``. Group-wide entries of the
+  state (a learned rate, a global norm's statistics) are per part from then
+  on; ``param_groups[i]["lr"]`` shows the rate of the part holding the
+  group's first parameter, and a value written there sets every part's. A
+  new pattern of present gradients compiles once. A transformation whose
+  ``init`` does not map over the parameters (e.g. `optax.flatten`) cannot be
+  split and needs every gradient.
+
+  **Parameters.** After a step each parameter is the same `torch.nn.Parameter`
+  (autograd and references to it stay valid) whose storage is the JAX output
+  buffer, handed over by DLPack instead of copied (``p.data`` is replaced):
+  a tensor taken from ``p.data`` or ``p.detach()`` before the step keeps the
+  old values. Complex parameters need ``allow_complex=True`` (most
+  transformations written for real numbers, e.g. diffGrad's ``g*g``, are
+  wrong on them; `optax.adam` is right); 64-bit parameters need 64-bit JAX.
+
+  **Failures.** A step first checks and compiles every group (gradients,
+  written values, options, the transformation); an error there changes
+  nothing. A failure while the compiled steps run (e.g. out of memory) stops
+  at that group: the groups before it have stepped (their parameters and
+  states are updated), that group and the later ones have not, and the
+  error names the group. Its state buffers may have been donated already:
+  reload a checkpoint before stepping it again.
+
+  **Checkpoints.** ``state_dict()`` holds each group's plain options and its
+  optax states as tensors with their tree paths, and loads with
+  ``torch.load(..., weights_only=True)``. ``load_state_dict`` checks paths,
+  shapes, dtypes and option names (an unknown key such as ``tx`` is
+  refused) and changes nothing on a mismatch. The state of a torch optimizer
+  loads with `load_torch_state`.
+
+  Args:
+    params: tensors or dicts of parameter groups, as for any torch optimizer.
+    tx: a `optax.GradientTransformation`, or a factory returning one.
+    allow_complex: accept complex parameters (for transformations known to
+      handle them).
+    **defaults: group options for a factory ``tx``.
+
+  Raises:
+    TypeError: for options a factory does not take, options given with a
+      transformation, complex parameters without ``allow_complex``, sparse
+      gradients.
+    ValueError: for values out of range, or ``lr`` on a transformation with
+      no learning rate.
+
+  Example:
+    >>> import optax, torch
+    >>> from optax_extras.torch import OptaxOptimizer
+    >>> model = torch.nn.Linear(3, 1)
+    >>> opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+    >>> loss = model(torch.ones(2, 3)).square().mean()
+    >>> loss.backward()
+    >>> opt.step()
+    >>> opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]
+    (0.01, (0.9, 0.999))
+
+  References:
+    Paszke et al., "PyTorch: An Imperative Style, High-Performance Deep
+    Learning Library", https://arxiv.org/abs/1912.01703 (the
+    ``torch.optim.Optimizer`` protocol); DeepMind, "The DeepMind JAX
+    Ecosystem" (optax), https://github.com/google-deepmind/optax.
+  """
+
+  def __init__(
+      self,
+      params: Any,
+      tx: optax.GradientTransformation | Callable[..., Any],
+      *,
+      allow_complex: bool = False,
+      **defaults: Any,
+  ):
+    if isinstance(tx, optax.GradientTransformation):
+      if defaults:
+        raise TypeError(
+            f"Options {sorted(defaults)} need tx to be a factory (e.g. "
+            "optax.adam), not a GradientTransformation.")
+    elif callable(tx):
+      _options.rename_optax_options(tx, defaults)
+      defaults = {**_options.default_options(tx), **defaults}
+    else:
+      raise TypeError(
+          f"tx must be a GradientTransformation or a factory, got {tx!r}.")
+    self._tx = tx
+    self._allow_complex = allow_complex
+    self._records: list[_group.Group] = []
+    super().__init__(params, defaults)
+
+  @property
+  def opt_states(self) -> list[Any]:
+    """The optax state of each parameter group.
+
+    While the parameters of a group have stepped together, its optax state;
+    after some stepped without the others, a dict from the tuple of their
+    positions in the group to the state of each such set. Live JAX arrays,
+    donated to the next step (then deleted): copy what you keep.
+    ``torch.optim.Optimizer.state`` stays empty.
+    """
+    return [record.cohorts[0].state if len(record.cohorts) == 1 else
+            {c.indices: c.state for c in record.cohorts}
+            for record in self._records]
+
+  def _factory(self, group: dict[str, Any]) -> Any:
+    return group.get("tx", self._tx)
+
+  def add_param_group(self, param_group: dict[str, Any]) -> None:
+    factory = param_group.get("tx", self._tx)
+    if not isinstance(factory, optax.GradientTransformation):
+      _options.rename_optax_options(factory, param_group)
+    super().add_param_group(param_group)
+    try:
+      self._records.append(self._new_record(len(self._records)))
+    except Exception:
+      self.param_groups.pop()
+      raise
+
+  def _new_record(self, index: int) -> _group.Group:
+    group = self.param_groups[index]
+    for k, p in enumerate(group["params"]):
+      if p.is_complex() and not self._allow_complex:
+        raise TypeError(
+            f"Parameter {k} of group {index} is {p.dtype}: pass "
+            "allow_complex=True if the transformation handles complex "
+            "numbers (optax.adam does; diffGrad and Expectigrad do not).")
+    params = _convert.to_jax(list(group["params"]))
+    factory = self._factory(group)
+    if isinstance(factory, optax.GradientTransformation):
+      tx, static, injected = factory, None, ()
+      extra = sorted(set(group) - _options.NOT_OPTIONS - {"lr"})
+      if extra:
+        raise TypeError(
+            f"Group options {extra} need tx to be a factory (e.g. optax.adam)"
+            ", not a GradientTransformation.")
+    elif callable(factory):
+      _options.check_construction(factory, group)
+      tx, static, injected = _options.build(factory, group, params)
+    else:
+      raise TypeError(
+          f"tx must be a GradientTransformation or a factory, got {factory!r}.")
+    try:
+      state = jax.jit(tx.init)(params)
+    except Exception as error:
+      raise ValueError(
+          f"tx.init failed on the parameters of group {index}: {error}"
+      ) from error
+    return self._record(index, tx, static, injected, state)
+
+  def _record(self, index, tx, static, injected, state) -> _group.Group:
+    """The group's record; ``lr`` read from the state or checked."""
+    group = self.param_groups[index]
+    rate = _rate.find_rate(state)
+    if "lr" in group:
+      _options.check_value("lr", group["lr"])
+      if rate is None:
+        raise ValueError(
+            f"Group {index} sets lr={group['lr']!r} but the state of its "
+            "transformation has no learning_rate: pass tx as a factory (e.g. "
+            "optax.adam) to make lr a hyperparameter.")
+    synced = {key: group[key] for key in injected}
+    if rate is not None:
+      synced["lr"] = rate.read(state)
+      group.setdefault("lr", synced["lr"])
+    indices = tuple(range(len(group["params"])))
+    return _group.Group(tx, static, injected,
+                        [_group.Cohort(indices, state, rate)], synced)
+
+  def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    """Takes one optimizer step; returns the closure's loss (if any)."""
+    loss = None
+    if closure is not None:
+      with torch.enable_grad():
+        loss = closure()
+    with torch.no_grad():
+      plans = [
+          _plan.plan(self._factory(group), index, group, record)
+          for index, (group, record) in enumerate(
+              zip(self.param_groups, self._records))]
+      for plan in plans:
+        if plan is not None:
+          self._run(plan)
+    return loss
+
+  def _run(self, plan: _plan.Plan) -> None:
+    """Runs a planned group step and commits it."""
+    try:
+      new_states, new_params = jax.block_until_ready(plan.step(*plan.args))
+    except Exception as error:
+      raise RuntimeError(
+          f"The step of group {plan.index} failed while running; the groups "
+          f"before it have stepped, it and the later ones have not (its "
+          f"state may be donated: reload a checkpoint): {error}") from error
+    group, record = self.param_groups[plan.index], plan.record
+    for n, values, state in zip(plan.stepping, new_params, new_states):
+      record.swap_storage(group["params"], record.cohorts[n].indices, values)
+      record.cohorts[n] = record.cohorts[n]._replace(state=state)
+    if record.rate is not None and record.rate.learned:
+      record.synced["lr"] = group["lr"] = record.rate.read(
+          record.cohorts[0].state)
+    self._records[plan.index] = record
+
+  def state_dict(self) -> dict[str, Any]:
+    """Plain group options and, per group, its optax states as tensors."""
+    groups, first = [], 0
+    for group in self.param_groups:
+      groups.append(_checkpoint.saved_group(group, first))
+      first += len(group["params"])
+    state = {index: _checkpoint.saved_state(record)
+             for index, record in enumerate(self._records)}
+    return {"state": state, "param_groups": groups}
+
+  def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    """Loads a `state_dict` of an `OptaxOptimizer` with the same layout."""
+    if not isinstance(state_dict, dict) or set(state_dict) != {
+        "state", "param_groups"}:
+      raise ValueError(
+          "Not an optimizer state_dict: expected the keys ['param_groups', "
+          "'state'].")
+    saved_groups = state_dict["param_groups"]
+    if [len(g["params"]) for g in saved_groups] != [
+        len(g["params"]) for g in self.param_groups]:
+      raise ValueError(
+          "The state_dict's parameter groups have sizes "
+          f"{[len(g['params']) for g in saved_groups]}, this optimizer's "
+          f"{[len(g['params']) for g in self.param_groups]}.")
+    loaded = []
+    for index, (group, record, saved) in enumerate(
+        zip(self.param_groups, self._records, saved_groups)):
+      loaded.append(_checkpoint.loaded_cohorts(
+          index, state_dict["state"].get(index), record.tx,
+          _convert.to_jax(list(group["params"]))))
+      _checkpoint.check_group_keys(
+          index, {k: v for k, v in saved.items() if k != "params"}, group,
+          _options.option_names(self._factory(group)))
+    for group, record, saved, cohorts in zip(
+        self.param_groups, self._records, saved_groups, loaded):
+      group.update({k: v for k, v in saved.items() if k != "params"})
+      self._set_cohorts(record, group, cohorts)
+
+  def _set_cohorts(self, record, group, cohorts) -> None:
+    """Replaces a group's states by (indices, state) pairs."""
+    record.cohorts = [
+        _group.Cohort(indices, state, _rate.find_rate(state))
+        for indices, state in sorted(cohorts, key=lambda c: c[0][0])]
+    record.compiled = {}
+    record.synced = {key: group[key] for key in record.injected}
+    if record.rate is not None:
+      record.synced["lr"] = record.rate.read(record.cohorts[0].state)
+      if record.rate.learned:
+        group["lr"] = record.synced["lr"]
+
+  def load_torch_state(self, state_dict: dict[str, Any]) -> None:
+    """Starts from the `state_dict` of a torch optimizer over the same
+    parameters in the same order (see `import_torch_state`).
+
+    Parameters whose torch step counts differ (or that have no torch state)
+    get separate optax states, each with its own count.
+    """
+    per_group = _import.split_by_group(
+        state_dict, [len(g["params"]) for g in self.param_groups])
+    loaded = []
+    for group, record, parts in zip(self.param_groups, self._records,
+                                    per_group):
+      params = _convert.to_jax(list(group["params"]))
+      loaded.append([
+          (indices, jax.tree.map(jax.numpy.copy, _import.import_torch_state(
+              sub_dict, record.tx, [params[k] for k in indices])))
+          for indices, sub_dict in parts])
+    for group, record, cohorts in zip(self.param_groups, self._records,
+                                      loaded):
+      self._set_cohorts(record, group, cohorts)

@@ -1,0 +1,387 @@
+"""optax_extras.torch keeps torch's promises: checked values, learned rates
+in param_groups, safe checkpoints, per-parameter steps, schedulers."""
+
+import contextlib
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_extras
+from optax_extras import gdtuo
+
+torch = pytest.importorskip("torch")
+from optax_extras.torch import import_torch_state
+from optax_extras.torch import OptaxOptimizer
+
+
+def _mlp(dtype=torch.float32):
+  torch.manual_seed(0)
+  return torch.nn.Sequential(
+      torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+  ).to(dtype)
+
+
+def _step(model, opt, step):
+  gen = torch.Generator().manual_seed(1000 + step)
+  dtype = next(model.parameters()).dtype
+  x = torch.randn(32, 6, generator=gen, dtype=dtype)
+  opt.zero_grad()
+  torch.nn.functional.mse_loss(model(x), torch.sin(x[:, :3] * 2)).backward()
+  opt.step()
+
+
+def _train(model, opt, steps, first=0, scheduler=None):
+  for step in range(first, first + steps):
+    _step(model, opt, step)
+    if scheduler is not None:
+      scheduler.step()
+
+
+def _assert_close(actual, expected, rtol):
+  """Each tensor within `rtol` of the reference, relative to its largest
+  magnitude (elementwise relative error is unbounded near zero)."""
+  for (name, a), b in zip(actual.named_parameters(), expected.parameters()):
+    a, b = a.detach().numpy(), b.detach().numpy()
+    error = np.max(np.abs(a - b)) / np.max(np.abs(b))
+    assert error <= rtol, f"{name}: relative error {error:.2e} > {rtol:.0e}"
+
+
+def _snapshot(opt):
+  return ([p.detach().clone() for g in opt.param_groups for p in g["params"]],
+          [np.asarray(x) for x in jax.tree.leaves(opt.opt_states)],
+          [{k: v for k, v in g.items() if k != "params"}
+           for g in opt.param_groups])
+
+
+def _assert_unchanged(opt, snapshot, **written):
+  params, states, options = _snapshot(opt)
+  assert all(torch.equal(a, b) for a, b in zip(params, snapshot[0]))
+  assert all(np.array_equal(a, b) for a, b in zip(states, snapshot[1]))
+  assert options == [{**o, **written} for o in snapshot[2]]
+
+
+@contextlib.contextmanager
+def _compilations():
+  """Collects the XLA compilations that happen in the block."""
+  seen = []
+
+  def listener(name, *args, **kwargs):
+    del args, kwargs
+    if name == "/jax/core/compile/backend_compile_duration":
+      seen.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield seen
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("factory", [optax_extras.diffgrad, optax.adam])
+@pytest.mark.parametrize("lr", [-0.01, float("nan"), float("inf")])
+def test_negative_or_non_finite_lr_is_refused_at_construction(factory, lr):
+  with pytest.raises(ValueError, match=r"lr must be a finite number >= 0, "
+                     r"got lr="):
+    OptaxOptimizer(_mlp().parameters(), factory, lr=lr)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("lr", -0.5), ("lr", float("nan")), ("betas", (1.5, 0.999)),
+    ("eps", -1e-8)])
+def test_bad_value_written_into_param_groups_fails_the_step_unchanged(
+    key, value):
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 2)
+  good = opt.param_groups[0][key]
+  opt.param_groups[0][key] = value
+  snapshot = _snapshot(opt)
+  with pytest.raises(ValueError, match=key):
+    _step(model, opt, 2)
+  _assert_unchanged(opt, snapshot)
+  opt.param_groups[0][key] = good
+  reference = _mlp()
+  _train(reference, OptaxOptimizer(reference.parameters(), optax.adam,
+                                   lr=1e-2), 3)
+  _step(model, opt, 2)
+  assert all(torch.equal(a, b) for a, b in zip(model.parameters(),
+                                               reference.parameters()))
+
+
+def _stacks():
+  log_rate = optax_extras.Learned(1e-2, space="log")
+  return {
+      "hyperoptimize": (optax_extras.hyperoptimize(
+          optax.adam, {"learning_rate": log_rate}, optax.sgd(1e-4)),
+                        "learning_rate"),
+      "gdtuo": (gdtuo.Adam(alpha=1e-2, optimizer=gdtuo.SGD(1e-5)), "alpha"),
+  }
+
+
+@pytest.mark.parametrize("kind", ["hyperoptimize", "gdtuo"])
+def test_stack_learned_rate_shows_in_natural_units(kind):
+  tx, name = _stacks()[kind]
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), tx)
+  assert opt.param_groups[0]["lr"] == pytest.approx(1e-2, rel=1e-6)
+  rates = []
+  for step in range(5):
+    _step(model, opt, step)
+    natural = optax_extras.hyperparameters(opt.opt_states[0])[0][name]
+    assert opt.param_groups[0]["lr"] == float(natural)
+    rates.append(opt.param_groups[0]["lr"])
+  assert len(set(rates)) > 1
+
+
+@pytest.mark.skipif(not hasattr(optax_extras, "set_hyperparameters"),
+                    reason="needs optax_extras.set_hyperparameters")
+@pytest.mark.parametrize("kind", ["hyperoptimize", "gdtuo"])
+def test_writing_lr_sets_the_natural_rate_of_a_stack(kind):
+  tx, name = _stacks()[kind]
+  model, twin = _mlp(), _mlp()
+  opt = OptaxOptimizer(model.parameters(), tx)
+  _train(model, opt, 3)
+  opt.param_groups[0]["lr"] = 0.05
+  _step(model, opt, 3)
+  params = [jnp.asarray(p.detach().numpy()) for p in twin.parameters()]
+  state = tx.init(params)
+  for step in range(4):
+    if step == 3:
+      state = optax_extras.set_hyperparameters(state, {name: 0.05})
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.0)
+    _step(twin, twin_opt, step)
+    grads = [jnp.asarray(p.grad.numpy()) for p in twin.parameters()]
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    with torch.no_grad():
+      for p, value in zip(twin.parameters(), params):
+        p.copy_(torch.from_numpy(np.asarray(value)))
+  _assert_close(model, twin, rtol=1e-5)
+  learned = float(optax_extras.hyperparameters(state)[0][name])
+  assert opt.param_groups[0]["lr"] == pytest.approx(learned, rel=1e-5)
+  assert learned == pytest.approx(0.05, rel=1e-3)
+
+
+def _make(kind, params):
+  if kind == "adam_bf16_moments":
+    return OptaxOptimizer(params, optax.adam, lr=1e-2, mu_dtype=jnp.bfloat16)
+  if kind == "diffgrad_bf16_moments":
+    return OptaxOptimizer(params, optax_extras.diffgrad, lr=1e-2,
+                          mu_dtype=jnp.bfloat16)
+  if kind == "adam_hd":
+    return OptaxOptimizer(params, optax_extras.adam_hd, lr=1e-2,
+                          hypergrad_lr=1e-4)
+  return OptaxOptimizer(params, _stacks()["gdtuo"][0])
+
+
+@pytest.mark.parametrize("kind", ["adam_bf16_moments", "diffgrad_bf16_moments",
+                                  "adam_hd", "gdtuo"])
+def test_state_dict_loads_with_weights_only_and_resumes_bitwise(kind):
+  straight, first = _mlp(), _mlp()
+  _train(straight, _make(kind, straight.parameters()), 8)
+  opt = _make(kind, first.parameters())
+  _train(first, opt, 4)
+  buffer = io.BytesIO()
+  torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, buffer)
+  buffer.seek(0)
+  checkpoint = torch.load(buffer, weights_only=True)
+  second = _mlp()
+  second.load_state_dict(checkpoint["model"])
+  resumed = _make(kind, second.parameters())
+  resumed.load_state_dict(checkpoint["opt"])
+  _train(second, resumed, 4, first=4)
+  assert all(torch.equal(a, b) for a, b in zip(second.parameters(),
+                                               straight.parameters()))
+
+
+def test_state_dict_of_split_states_resumes_bitwise():
+  def run(model, opt, first, steps):
+    for step in range(first, first + steps):
+      model[0].requires_grad_(step >= 3)
+      _step(model, opt, step)
+
+  straight, first = _mlp(), _mlp()
+  run(straight, OptaxOptimizer(straight.parameters(), optax.adam, lr=1e-2),
+      0, 8)
+  opt = OptaxOptimizer(first.parameters(), optax.adam, lr=1e-2)
+  run(first, opt, 0, 5)
+  buffer = io.BytesIO()
+  torch.save(opt.state_dict(), buffer)
+  buffer.seek(0)
+  second = _mlp()
+  second.load_state_dict(first.state_dict())
+  resumed = OptaxOptimizer(second.parameters(), optax.adam, lr=1e-2)
+  resumed.load_state_dict(torch.load(buffer, weights_only=True))
+  assert len(resumed.opt_states[0]) == 2
+  run(second, resumed, 5, 3)
+  assert all(torch.equal(a, b) for a, b in zip(second.parameters(),
+                                               straight.parameters()))
+
+
+def test_load_state_dict_reads_the_one_state_per_group_format():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 3)
+  state_dict = opt.state_dict()
+  (cohort,) = state_dict["state"][0]["cohorts"]
+  state_dict["state"][0] = {"optax_state": cohort["optax_state"],
+                            "paths": cohort["paths"]}
+  fresh = OptaxOptimizer(_mlp().parameters(), optax.adam, lr=1e-2)
+  fresh.load_state_dict(state_dict)
+  for a, b in zip(jax.tree.leaves(fresh.opt_states),
+                  jax.tree.leaves(opt.opt_states)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("key, value", [("tx", "optax.adam"),
+                                        ("learning_rate", 0.1),
+                                        ("mu_dtype", "bfloat16")])
+def test_load_state_dict_refuses_unknown_keys_and_changes_nothing(key, value):
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 2)
+  state_dict = opt.state_dict()
+  state_dict["param_groups"][0][key] = value
+  snapshot = _snapshot(opt)
+  with pytest.raises(ValueError, match=f"option '{key}'"):
+    opt.load_state_dict(state_dict)
+  _assert_unchanged(opt, snapshot)
+
+
+def test_load_state_dict_accepts_scheduler_bookkeeping():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  torch.optim.lr_scheduler.StepLR(opt, 5)
+  fresh = OptaxOptimizer(_mlp().parameters(), optax.adam, lr=1e-2)
+  fresh.load_state_dict(opt.state_dict())
+  assert fresh.param_groups[0]["initial_lr"] == 1e-2
+
+
+def _adam_state_dict(step):
+  w = torch.nn.Parameter(torch.ones(3))
+  opt = torch.optim.Adam([w])
+  w.grad = torch.ones(3)
+  opt.step()
+  state_dict = opt.state_dict()
+  state_dict["state"][0]["step"] = torch.tensor(step, dtype=torch.float64)
+  return state_dict
+
+
+def test_import_refuses_a_step_beyond_int32():
+  state = import_torch_state(_adam_state_dict(2**31 - 1), optax.adam(0.1),
+                             [jnp.ones(3)])
+  assert int(state[0].count) == 2**31 - 1
+  with pytest.raises(ValueError, match=r"step must be at most 2\^31 - 1"):
+    import_torch_state(_adam_state_dict(2**31), optax.adam(0.1),
+                       [jnp.ones(3)])
+
+
+def test_import_refuses_an_expectigrad_counter_beyond_int32():
+  pytest.importorskip("expectigrad.pytorch")
+  from expectigrad.pytorch import Expectigrad  # pylint: disable=g-import-not-at-top
+  w = torch.nn.Parameter(torch.ones(3))
+  opt = Expectigrad([w], lr=1e-2)
+  w.grad = torch.ones(3)
+  opt.step()
+  state_dict = opt.state_dict()
+  state_dict["state"][0]["counter"] = torch.tensor([1.0, 2.0**31, 3.0])
+  with pytest.raises(ValueError, match=r"counter of parameter 0 must be at "
+                     r"most 2\^31 - 1"):
+    import_torch_state(state_dict, optax_extras.expectigrad(1e-2),
+                       [jnp.ones(3)])
+
+
+def _freeze_first_layer(model, step, unfreeze_at):
+  model[0].requires_grad_(step >= unfreeze_at)
+
+
+def test_gradual_unfreezing_matches_torch_adam():
+  """A layer frozen for 50 steps, then unfrozen, gets torch's per-parameter
+  bias correction (its first update is that of step 1, not 51)."""
+  reference, ours = _mlp(), _mlp()
+  torch_opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
+  opt = OptaxOptimizer(ours.parameters(), optax.adam, lr=1e-2)
+  for step in range(60):
+    for model, optimizer in ((reference, torch_opt), (ours, opt)):
+      _freeze_first_layer(model, step, 50)
+      _step(model, optimizer, step)
+  _assert_close(ours, reference, rtol=1e-5)
+  assert sorted(opt.opt_states[0]) == [(0, 1), (2, 3)]
+
+
+def test_load_torch_state_with_different_steps_continues_torch_adam():
+  def run(model, optimizer, first, steps):
+    for step in range(first, first + steps):
+      _freeze_first_layer(model, step, 6)
+      _step(model, optimizer, step)
+
+  straight, half = _mlp(torch.float64), _mlp(torch.float64)
+  run(straight, torch.optim.Adam(straight.parameters(), lr=1e-2), 0, 14)
+  torch_opt = torch.optim.Adam(half.parameters(), lr=1e-2)
+  run(half, torch_opt, 0, 10)
+  with jax.enable_x64(True):
+    opt = OptaxOptimizer(half.parameters(), optax.adam, lr=1e-2)
+    opt.load_torch_state(torch_opt.state_dict())
+    run(half, opt, 10, 4)
+  for a, b in zip(half.parameters(), straight.parameters()):
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(),
+                               rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum"])
+def test_one_cycle_lr_with_defaults_matches_torch_and_compiles_once(name):
+  reference, ours = _mlp(), _mlp()
+  if name == "adam":
+    torch_opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    opt = OptaxOptimizer(ours.parameters(), optax.adam, lr=1e-3)
+  else:
+    torch_opt = torch.optim.SGD(reference.parameters(), lr=1e-3,
+                                momentum=0.9)
+    opt = OptaxOptimizer(ours.parameters(), optax.sgd, lr=1e-3, momentum=0.9)
+  schedule = torch.optim.lr_scheduler.OneCycleLR
+  _train(reference, torch_opt, 100,
+         scheduler=schedule(torch_opt, max_lr=1e-2, total_steps=100))
+  scheduler = schedule(opt, max_lr=1e-2, total_steps=100)
+  _train(ours, opt, 1, scheduler=scheduler)
+  with _compilations() as compiled:
+    _train(ours, opt, 99, first=1, scheduler=scheduler)
+  assert not compiled
+  _assert_close(ours, reference, rtol=1e-5)
+  key = "betas" if name == "adam" else "momentum"
+  assert opt.param_groups[0][key] == torch_opt.param_groups[0][key]
+
+
+def test_tree_get_finds_the_one_learned_rate_of_an_adam_hd_group():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax_extras.adam_hd, lr=1e-2,
+                       hypergrad_lr=1e-3)
+  _train(model, opt, 3)
+  learned = optax.tree.get(opt.opt_states[0], "learning_rate")
+  assert float(learned) == opt.param_groups[0]["lr"]
+  assert float(learned) != np.float32(1e-2)
+
+
+def test_import_amsgrad_state_into_optax_amsgrad():
+  w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+  torch_opt = torch.optim.Adam([w], lr=1e-2, betas=(0.9, 0.99), amsgrad=True)
+  for step in range(6):
+    w.grad = torch.tensor([1.0, 0.5, -2.0], dtype=torch.float64) / (
+        1 + step) ** 2
+    torch_opt.step()
+  torch_state = torch_opt.state_dict()["state"][0]
+  with jax.enable_x64(True):
+    state = import_torch_state(torch_opt.state_dict(),
+                               optax.amsgrad(1e-2, b1=0.9, b2=0.99),
+                               [jnp.asarray(w.detach().numpy())])
+    amsgrad = state[0]
+    assert isinstance(amsgrad, optax.ScaleByAmsgradState)
+    assert int(amsgrad.count) == 6
+    np.testing.assert_array_equal(amsgrad.mu[0], torch_state["exp_avg"])
+    np.testing.assert_array_equal(amsgrad.nu[0], torch_state["exp_avg_sq"])
+    np.testing.assert_allclose(
+        amsgrad.nu_max[0],
+        torch_state["max_exp_avg_sq"].numpy() / (1 - 0.99**6), rtol=1e-15)
