@@ -12,31 +12,43 @@ The learning rate is updated *before* it is used in the current step::
   alpha_t = alpha_{t-1} + hypergrad_lr * h_t
   params <- params - alpha_t * u_t
 
-``h_t`` is one dot product over *all* parameters, as in the paper and in the
-reference SGDHD (which flattens all parameters into one vector). The
-reference AdamHD updates the rate inside its per-tensor loop (tensor i sees
-``alpha + hypergrad_lr * (h_1 + ... + h_i)``), an artifact of the code, not
-of the paper; `adam_hd` agrees with it exactly for a model with a single
-tensor.
+Semantic choices shared by `sgd_hd` and `adam_hd`:
 
-The learned rate is the state field ``learning_rate``:
-``optax.tree.get(state, "learning_rate")`` reads it, inside `optax.chain` too.
-
-``learning_rate`` may be a float (the initial rate) or an optax schedule
-``s``. A schedule is the *base* of the rate and hypergradient descent learns
-an additive correction: ``alpha_t = s(t) + delta_t``, ``delta_0 = 0``,
-``delta_t = delta_{t-1} + hypergrad_lr * h_t`` (so ``d alpha / d delta = 1``
-and a constant schedule equals the float). The state stores ``alpha_t``.
-Under `optax.inject_hyperparams` the injected ``learning_rate`` is a number
-each step, so it only sets the initial rate.
-
-A NaN or infinite gradient makes ``h_t`` and so the learned rate NaN for
-every later step; wrap the optimizer in `optax.apply_if_finite` to skip such
-steps.
+* **Where the learned rate is.** The state field ``learning_rate`` holds the
+  rate of the last step: ``optax.tree.get(state, "learning_rate")`` reads it,
+  inside `optax.chain` too, and ``optax.tree.set`` changes it (the next step
+  continues from the value set).
+* **The given learning rate is the base of the rate.** Hypergradient descent
+  learns an additive correction to it: ``alpha_t = base_t + delta_t`` with
+  ``delta_0 = 0`` and ``delta_t = delta_{t-1} + hypergrad_lr * h_t``. For a
+  float the base is constant (so this is the reference's rule); for an optax
+  schedule ``s`` it is ``s(t - 1)`` at step ``t``, so a constant schedule
+  equals the float. The state stores the base of the last step as
+  ``base_learning_rate``; a change of the base moves the learned rate by the
+  same amount.
+* **Injected learning rates drive the rate.** Under
+  `optax.inject_hyperparams` the injected ``learning_rate`` is the base, as a
+  schedule given directly would be: ``inject_hyperparams(adam_hd)(
+  learning_rate=s)`` equals ``adam_hd(learning_rate=s)``, and setting
+  ``state.hyperparams["learning_rate"] = x`` makes the next rate ``x`` plus
+  the correction learned so far (0 right after ``init``). The injected base
+  and the learned rate are then two values called ``learning_rate``:
+  ``optax.tree.get`` needs ``state.inner_state`` to find the learned one, or
+  pass ``static_args=("learning_rate",)`` to `optax.inject_hyperparams` (a
+  float or a schedule, not injected) to keep one.
+* **Optional bounds.** ``learning_rate_bounds=(low, high)`` (either end may be
+  None) clips every learned rate to the interval before it is used; the
+  default, no bounds, is the references' behaviour, where a too large
+  ``hypergrad_lr`` can drive the rate to +-1e26 and the parameters to NaN
+  within a few steps. (For a stack, `Learned` has ``bounds`` too.)
+* **Non-finite gradients.** A NaN or infinite gradient makes ``h_t`` and so
+  the learned rate NaN for every later step; wrap the optimizer in
+  `optax.apply_if_finite` to skip such steps.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import chex
@@ -47,6 +59,9 @@ import optax
 from optax_extras import _checks
 from optax_extras import _common
 
+_HYPERGRADIENT_MODES = ("global", "per_tensor")
+_Bounds = tuple[float | None, float | None]
+
 
 class SGDHDState(NamedTuple):
   """State of `sgd_hd`'s hypergradient step.
@@ -55,6 +70,8 @@ class SGDHDState(NamedTuple):
     count: number of steps taken, int32 (saturating).
     learning_rate: the learned learning rate used in the last step (before
       the first step, the initial rate).
+    base_learning_rate: the base of that rate (the float, the schedule's
+      value or the injected value) that the learned correction was added to.
     prev_direction: the previous update direction ``u_{t-1}`` (for plain
       momentum, also the momentum buffer).
     momentum_buffer: the Nesterov momentum buffer (None without Nesterov).
@@ -62,6 +79,7 @@ class SGDHDState(NamedTuple):
 
   count: chex.Array
   learning_rate: chex.Array
+  base_learning_rate: chex.Array
   prev_direction: optax.Updates
   momentum_buffer: optax.Updates | None
 
@@ -71,43 +89,132 @@ class AdamHDState(NamedTuple):
 
   Attributes:
     count: number of steps taken, int32 (saturating).
-    learning_rate: the learned learning rate used in the last step.
+    learning_rate: the learned learning rate used in the last step (with
+      ``hypergradient="per_tensor"``: by the last leaf).
+    base_learning_rate: the base of that rate (the float, the schedule's
+      value or the injected value) that the learned correction was added to.
     mu: first moment, EMA of the gradient.
     nu: second moment, EMA of the squared gradient.
   """
 
   count: chex.Array
   learning_rate: chex.Array
+  base_learning_rate: chex.Array
   mu: optax.Updates
   nu: optax.Updates
 
 
-def _initial_learning_rate(learning_rate: optax.ScalarOrSchedule) -> jax.Array:
-  value = learning_rate(0) if callable(learning_rate) else learning_rate
-  return jnp.asarray(value, _common.learned_rate_dtype(value))
+def _base_rate(learning_rate: optax.ScalarOrSchedule, count: jax.Array,
+               dtype: Any) -> jax.Array:
+  """The base of the rate of the step taken after `count` steps."""
+  value = learning_rate(count) if callable(learning_rate) else learning_rate
+  return jnp.asarray(value).astype(dtype)
 
 
-def _next_learning_rate(
-    learning_rate: optax.ScalarOrSchedule,
-    state_rate: jax.Array,
-    count: jax.Array,
-    hypergradient: jax.Array,
-    hypergrad_lr: Any,
-) -> jax.Array:
-  """alpha_t from alpha_{t-1}; `count` is the number of steps taken before."""
-  correction = hypergrad_lr * hypergradient
-  if callable(learning_rate):
-    previous_base = learning_rate(jnp.maximum(count - 1, 0))
-    rate = learning_rate(count) + (state_rate - previous_base) + correction
-  else:
-    rate = state_rate + correction
-  return rate.astype(state_rate.dtype)
+def _initial_rates(learning_rate: optax.ScalarOrSchedule):
+  """(learning_rate, base_learning_rate) of a new state: both the base.
+
+  The dtype is that of a float rate (of ``learning_rate(0)`` for a
+  schedule), the value the schedule's at an int32 count, as in ``update``
+  (optax schedules compute in float32 from an int32 count).
+  """
+  given = learning_rate(0) if callable(learning_rate) else learning_rate
+  rate = _base_rate(learning_rate, jnp.zeros([], jnp.int32),
+                    _common.learned_rate_dtype(given))
+  return rate, jnp.copy(rate)
 
 
-def _check_shared(learning_rate, hypergrad_lr, weight_decay):
+def _learned_rates(learning_rate: optax.ScalarOrSchedule, state: Any,
+                   increments: list[jax.Array], bounds: _Bounds):
+  """The rates of one step, as an array, and the base they were corrected
+  from.
+
+  The last step's rate moves by the change of the base, then by each
+  hypergradient increment in turn (one per leaf with
+  ``hypergradient="per_tensor"``), clipped to `bounds` after each; the
+  result holds the rate after each increment.
+
+  Several increments or a clip go through a `jax.lax.scan`, not a Python
+  loop: XLA:CPU copies such a chain of scalar operations (with the sum of
+  the per-leaf dot products before it) into every fusion that reads its
+  result, which makes compile time quadratic in the number of leaves; the
+  leaves read the loop's output instead. XLA inlines a loop of one
+  iteration, so a single clipped increment is followed by a zero one
+  (``x + 0 = x`` and the clip is idempotent: the rate is unchanged). One
+  increment without bounds (the default) is one addition, which XLA computes
+  once.
+  """
+  dtype = state.learning_rate.dtype
+  base = _base_rate(learning_rate, state.count, dtype)
+  # A constant base adds an exact 0: the reference's `lr += hypergrad_lr * h`.
+  start = state.learning_rate + (base - state.base_learning_rate)
+  if len(increments) == 1 and bounds == (None, None):
+    return (start + increments[0].astype(dtype))[None], base
+  if len(increments) == 1:
+    increments = [increments[0], jnp.zeros([], dtype)]
+
+  def step(rate, increment):
+    rate = jnp.clip(rate + increment, *bounds).astype(dtype)
+    return rate, rate
+
+  _, rates = jax.lax.scan(
+      step, start, jnp.stack([i.astype(dtype) for i in increments]))
+  return rates, base
+
+
+def _check_hypergradient_mode(hypergradient: Any) -> None:
+  if (not isinstance(hypergradient, str)
+      or hypergradient not in _HYPERGRADIENT_MODES):
+    raise ValueError(
+        "hypergradient must be one of 'global', 'per_tensor', got "
+        f"hypergradient={hypergradient!r}.")
+
+
+def _checked_bounds(bounds: Any, learning_rate: Any) -> _Bounds:
+  """`learning_rate_bounds` as (low, high) floats or None, validated."""
+  pair = "a pair (low, high), each None or a finite real number"
+  numbers = None
+  if isinstance(bounds, (tuple, list)) and len(bounds) == 2:
+    numbers = [None if b is None else _checks.concrete_value(b)
+               for b in bounds]
+    if any(b is not None and (n is None or not math.isfinite(n))
+           for b, n in zip(bounds, numbers)):
+      numbers = None
+  if numbers is None:
+    raise ValueError(
+        f"learning_rate_bounds must be {pair}, got "
+        f"learning_rate_bounds={bounds!r}.")
+  low, high = numbers
+  if low is not None and high is not None and not low < high:
+    raise ValueError(
+        "learning_rate_bounds must satisfy low < high, got "
+        f"learning_rate_bounds={bounds!r}.")
+  rate = _checks.concrete_value(learning_rate)
+  below = rate is not None and low is not None and rate < low
+  above = rate is not None and high is not None and rate > high
+  if below or above:
+    raise ValueError(
+        f"learning_rate must lie within learning_rate_bounds={bounds!r}, "
+        f"got learning_rate={learning_rate!r}.")
+  return low, high
+
+
+def _check_shared(learning_rate, hypergrad_lr, weight_decay,
+                  learning_rate_bounds) -> _Bounds:
   _checks.check_learning_rate(learning_rate)
   _checks.check_nonnegative("hypergrad_lr", hypergrad_lr)
   _checks.check_nonnegative("weight_decay", weight_decay)
+  return _checked_bounds(learning_rate_bounds, learning_rate)
+
+
+def _check_nesterov(nesterov, momentum, dampening) -> None:
+  _checks.check_bool("nesterov", nesterov)
+  if nesterov and (
+      _checks.concrete_value(momentum) == 0.0
+      or _checks.concrete_value(dampening) not in (0.0, None)):
+    raise ValueError(
+        "nesterov=True needs momentum > 0 and dampening = 0, got "
+        f"momentum={momentum!r}, dampening={dampening!r}.")
 
 
 def sgd_hd(
@@ -117,32 +224,58 @@ def sgd_hd(
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
-) -> optax.GradientTransformation:
+    *,
+    learning_rate_bounds: _Bounds = (None, None),
+) -> optax.GradientTransformationExtraArgs:
   r"""SGD (SGD-HD), momentum or Nesterov (SGDN-HD) with a learned rate.
 
-  Numerically `hypergrad.SGDHD`, for any number of tensors. With
-  ``g_t = grad + weight_decay * params`` (coupled L2)::
+  Numerically `hypergrad.SGDHD`, for any number of tensors. With the
+  gradient :math:`g_t` plus coupled L2, :math:`\mu` = ``momentum``,
+  :math:`d` = ``dampening``, :math:`\beta` = ``hypergrad_lr``:
 
-    h_t     = <g_t, u_{t-1}>                      (u_0 = 0)
-    alpha_t = alpha_{t-1} + hypergrad_lr * h_t
-    b_t     = g_1 at t = 1, else momentum b_{t-1} + (1 - dampening) g_t
-    u_t     = g_t (no momentum) | b_t | g_t + momentum b_t (nesterov)
-    params <- params - alpha_t u_t
+  .. math::
 
-  The hypergradient uses the previous update *direction* ``u_{t-1}``, not the
-  raw gradient, as in the reference.
+    h_t &= \langle g_t, u_{t-1} \rangle \quad (u_0 = 0) \\
+    \alpha_t &= \mathrm{clip}(\alpha_{t-1} + \beta h_t) \\
+    b_t &= g_1 \text{ at } t = 1, \text{ else }
+      \mu b_{t-1} + (1 - d) g_t \\
+    u_t &= g_t \text{ (no momentum)}, \; b_t \text{ (momentum)}
+      \text{ or } g_t + \mu b_t \text{ (Nesterov)} \\
+    \theta_t &= \theta_{t-1} - \alpha_t u_t
+
+  Semantic choices (see also the module docstring: the given rate is the
+  base, injected rates, bounds, NaN gradients):
+
+  * The hypergradient uses the previous update *direction* ``u_{t-1}``, not
+    the raw gradient, as in the reference.
+  * ``h_t`` is one dot product over all parameters, as in the paper and the
+    reference (which flattens all parameters into one vector); there is no
+    per-tensor mode (unlike `adam_hd`, whose reference loops over tensors).
+  * ``weight_decay`` is coupled L2 (``g_t = grad + weight_decay * params``),
+    as in the reference.
 
   Args:
-    learning_rate: the initial rate (a float >= 0), or a schedule that is the
-      base of the rate (see the module docstring).
-    hypergrad_lr: the hypergradient learning rate (``beta``), >= 0.
+    learning_rate: the initial rate, a float >= 0, or an optax schedule: the
+      base that the learned correction is added to.
+    hypergrad_lr: the hypergradient learning rate :math:`\beta`, >= 0
+      (default 1e-6, the reference's).
     momentum: momentum factor, >= 0 (0: plain SGD).
     dampening: dampening of the momentum, in [0, 1].
     nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
-    weight_decay: coupled L2 coefficient, >= 0 (needs ``params`` in update).
+    weight_decay: coupled L2 coefficient, >= 0 (a nonzero value needs
+      ``params`` in update).
+    learning_rate_bounds: ``(low, high)``, each None (no bound, the default)
+      or a finite number, low < high; every learned rate is clipped to it.
 
   Returns:
-    A `optax.GradientTransformation` whose state holds ``learning_rate``.
+    A `optax.GradientTransformationExtraArgs` (extra arguments of ``update``,
+    such as ``value``, are accepted and ignored) whose state holds the
+    learned ``learning_rate``.
+
+  Raises:
+    ValueError: a hyperparameter out of its range, ``nesterov`` with zero
+      momentum or nonzero dampening, bad ``learning_rate_bounds``, or a float
+      ``learning_rate`` outside them.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_extras
@@ -154,37 +287,41 @@ def sgd_hd(
     ...   params = optax.apply_updates(params, updates)
     >>> round(float(optax.tree.get(state, "learning_rate")), 6)
     0.145
+
+  References:
+    Baydin, Cornish, Martinez Rubio, Schmidt and Wood, "Online Learning Rate
+    Adaptation with Hypergradient Descent", ICLR 2018,
+    https://arxiv.org/abs/1703.04782; upstream code (`hypergrad.SGDHD`):
+    https://github.com/gbaydin/hypergradient-descent
   """
-  _check_shared(learning_rate, hypergrad_lr, weight_decay)
+  bounds = _check_shared(learning_rate, hypergrad_lr, weight_decay,
+                         learning_rate_bounds)
   _checks.check_nonnegative("momentum", momentum)
   _checks.check_range("dampening", dampening, 0.0, 1.0)
-  _checks.check_bool("nesterov", nesterov)
-  if nesterov and (
-      _checks.concrete_value(momentum) == 0.0
-      or _checks.concrete_value(dampening) not in (0.0, None)):
-    raise ValueError(
-        "nesterov=True needs momentum > 0 and dampening = 0, got "
-        f"momentum={momentum!r}, dampening={dampening!r}.")
+  _check_nesterov(nesterov, momentum, dampening)
 
   def init_fn(params):
+    rate, base = _initial_rates(learning_rate)
     return SGDHDState(
         count=jnp.zeros([], jnp.int32),
-        learning_rate=_initial_learning_rate(learning_rate),
+        learning_rate=rate,
+        base_learning_rate=base,
         prev_direction=optax.tree.zeros_like(params),
         momentum_buffer=optax.tree.zeros_like(params) if nesterov else None,
     )
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     first_step = state.count == 0
-    rate_dtype = state.learning_rate.dtype
+    dtype = state.learning_rate.dtype
     # Per-leaf partial products: each leaf's new state is ordered after its
     # own (see `_common.ordered_after`).
-    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, rate_dtype),
+    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, dtype),
                             updates, state.prev_direction)
-    hypergradient = _common.sum_leaves(partials, rate_dtype)
-    rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
-                               hypergradient, hypergrad_lr)
+    hypergradient = _common.sum_leaves(partials, dtype)
+    rates, base = _learned_rates(learning_rate, state,
+                                 [hypergrad_lr * hypergradient], bounds)
+    rate = rates[-1]
 
     def momentum_step(g, buffer):
       decayed = momentum * buffer + (1 - dampening) * g
@@ -209,10 +346,39 @@ def sgd_hd(
     new_updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype),
                                direction)
     return new_updates, SGDHDState(
-        optax.safe_increment(state.count), rate, direction, buffer)
+        optax.safe_increment(state.count), rate, base, direction, buffer)
 
   return _common.with_coupled_weight_decay(
-      weight_decay, optax.GradientTransformation(init_fn, update_fn))
+      weight_decay, optax.GradientTransformationExtraArgs(init_fn, update_fn))
+
+
+def _adam_hypergradient_partials(updates, state, eps):
+  r"""Per leaf ``<g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>``, in the rate's
+  dtype."""
+  dtype = state.learning_rate.dtype
+  return jax.tree.map(
+      lambda g, m, v: _common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype),
+      updates, state.mu, state.nu)
+
+
+def _adam_hypergradient_increments(partials, state, b1, b2, hypergrad_lr,
+                                   per_tensor):
+  """``hypergrad_lr * h``: one for all leaves, or one per leaf in order.
+
+  ``h = c_{t-1}`` times the sum of the `partials` (of one leaf with
+  ``per_tensor``), 0 on the first step.
+  """
+  dtype = state.learning_rate.dtype
+  prev_scale = _common.adam_step_scale(
+      b1, b2, jnp.maximum(state.count, 1)).astype(dtype)
+  if per_tensor:
+    products = jax.tree.leaves(partials) or [jnp.zeros([], dtype)]
+  else:
+    products = [_common.sum_leaves(partials, dtype)]
+  # A select, not a product with 0: with eps = 0 the first direction is
+  # 0 / 0, and the reference skips the hypergradient on the first step.
+  return [hypergrad_lr * jnp.where(state.count > 0, prev_scale * p, 0.0)
+          for p in products]
 
 
 def adam_hd(
@@ -222,32 +388,69 @@ def adam_hd(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-) -> optax.GradientTransformation:
+    *,
+    hypergradient: str = "global",
+    learning_rate_bounds: _Bounds = (None, None),
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam with a learning rate learned by hypergradient descent (Adam-HD).
 
-  Numerically `hypergrad.AdamHD` (see the module docstring for the one
-  difference with several tensors). With ``g_t = grad + weight_decay * params``
-  (coupled L2) and ``c_t = sqrt(1 - b2^t) / (1 - b1^t)``::
+  With the gradient :math:`g_t` plus coupled L2, :math:`\beta` =
+  ``hypergrad_lr``, :math:`\hat d_{t} = m_t / (\sqrt{v_t} + \epsilon)` and
+  :math:`c_t = \sqrt{1 - b_2^t} / (1 - b_1^t)`:
 
-    h_t     = c_{t-1} <g_t, m_{t-1} / (sqrt(v_{t-1}) + eps)>   (0 at t = 1)
-    alpha_t = alpha_{t-1} + hypergrad_lr * h_t
-    m_t = b1 m_{t-1} + (1 - b1) g_t ;  v_t = b2 v_{t-1} + (1 - b2) g_t^2
-    params <- params - alpha_t c_t m_t / (sqrt(v_t) + eps)
+  .. math::
 
-  ``eps`` is added before bias correction (old torch Adam placement, as in the
-  reference), unlike `optax.adam`.
+    h_t &= c_{t-1} \langle g_t, \hat d_{t-1} \rangle
+      \quad (h_1 = 0) \\
+    \alpha_t &= \mathrm{clip}(\alpha_{t-1} + \beta h_t) \\
+    m_t &= b_1 m_{t-1} + (1 - b_1) g_t, \quad
+      v_t = b_2 v_{t-1} + (1 - b_2) g_t^2 \\
+    \theta_t &= \theta_{t-1} - \alpha_t c_t \hat d_t
+
+  With ``hypergradient="per_tensor"`` leaf :math:`i` (of :math:`n`, in the
+  order of ``jax.tree.leaves(params)``: for a list of a torch model's
+  parameters, the order of ``model.parameters()``) steps with
+  :math:`\alpha_t^{(i)} = \alpha_{t-1} + \beta (h_t^{(1)} + \dots +
+  h_t^{(i)})`, :math:`h_t^{(j)}` the dot product over leaf :math:`j` alone,
+  and the learned rate is :math:`\alpha_t = \alpha_t^{(n)}`.
+
+  Semantic choices (see also the module docstring: the given rate is the
+  base, injected rates, bounds, NaN gradients):
+
+  * ``hypergradient="global"`` (default) is the paper's rule: one dot
+    product over all parameters. `hypergrad.AdamHD` updates the rate inside
+    its loop over tensors, which is ``"per_tensor"``: numerically the
+    reference for any number of tensors. Both agree for a single tensor.
+    With bounds, each :math:`\alpha_t^{(i)}` is clipped.
+  * ``eps`` is added before bias correction (old torch Adam placement, as in
+    the reference), unlike `optax.adam`.
+  * ``weight_decay`` is coupled L2 (``g_t = grad + weight_decay * params``),
+    as in the reference.
 
   Args:
-    learning_rate: the initial rate (a float >= 0), or a schedule that is the
-      base of the rate (see the module docstring).
-    hypergrad_lr: the hypergradient learning rate (``beta``), >= 0.
+    learning_rate: the initial rate, a float >= 0, or an optax schedule: the
+      base that the learned correction is added to.
+    hypergrad_lr: the hypergradient learning rate :math:`\beta`, >= 0
+      (default 1e-8, the reference's).
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: added to the root of the second moment, >= 0.
-    weight_decay: coupled L2 coefficient, >= 0 (needs ``params`` in update).
+    weight_decay: coupled L2 coefficient, >= 0 (a nonzero value needs
+      ``params`` in update).
+    hypergradient: ``"global"`` (the paper) or ``"per_tensor"`` (the
+      reference code), see above.
+    learning_rate_bounds: ``(low, high)``, each None (no bound, the default)
+      or a finite number, low < high; every learned rate is clipped to it.
 
   Returns:
-    A `optax.GradientTransformation` whose state holds ``learning_rate``.
+    A `optax.GradientTransformationExtraArgs` (extra arguments of ``update``,
+    such as ``value``, are accepted and ignored) whose state holds the
+    learned ``learning_rate``.
+
+  Raises:
+    ValueError: a hyperparameter out of its range, an unknown
+      ``hypergradient``, bad ``learning_rate_bounds``, or a float
+      ``learning_rate`` outside them.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_extras
@@ -259,47 +462,51 @@ def adam_hd(
     ...   params = optax.apply_updates(params, updates)
     >>> round(float(optax.tree.get(state, "learning_rate")), 6)
     0.128
+
+  References:
+    Baydin, Cornish, Martinez Rubio, Schmidt and Wood, "Online Learning Rate
+    Adaptation with Hypergradient Descent", ICLR 2018,
+    https://arxiv.org/abs/1703.04782; upstream code (`hypergrad.AdamHD`):
+    https://github.com/gbaydin/hypergradient-descent
   """
-  _check_shared(learning_rate, hypergrad_lr, weight_decay)
+  bounds = _check_shared(learning_rate, hypergrad_lr, weight_decay,
+                         learning_rate_bounds)
   _checks.check_decay("b1", b1)
   _checks.check_decay("b2", b2)
   _checks.check_nonnegative("eps", eps)
+  _check_hypergradient_mode(hypergradient)
+  per_tensor = hypergradient == "per_tensor"
 
   def init_fn(params):
+    rate, base = _initial_rates(learning_rate)
     return AdamHDState(
         count=jnp.zeros([], jnp.int32),
-        learning_rate=_initial_learning_rate(learning_rate),
+        learning_rate=rate,
+        base_learning_rate=base,
         mu=optax.tree.zeros_like(params),
         nu=optax.tree.zeros_like(params),
     )
 
-  def update_fn(updates, state, params=None):
-    del params
-    rate_dtype = state.learning_rate.dtype
-    prev_direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps),
-                                  state.mu, state.nu)
-    prev_scale = _common.adam_step_scale(
-        b1, b2, jnp.maximum(state.count, 1)).astype(rate_dtype)
-    # A select, not a product with 0: with eps = 0 the first direction is
-    # 0 / 0, and the reference skips the hypergradient on the first step.
-    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, rate_dtype),
-                            updates, prev_direction)
-    hypergradient = jnp.where(
-        state.count > 0, prev_scale * _common.sum_leaves(partials, rate_dtype),
-        0.0)
-    rate = _next_learning_rate(learning_rate, state.learning_rate, state.count,
-                               hypergradient, hypergrad_lr)
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    partials = _adam_hypergradient_partials(updates, state, eps)
+    increments = _adam_hypergradient_increments(
+        partials, state, b1, b2, hypergrad_lr, per_tensor)
+    rates, base = _learned_rates(learning_rate, state, increments, bounds)
     count = optax.safe_increment(state.count)
     mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
     # Each leaf's new moments are ordered after its own partial product.
     mu = jax.tree.map(_common.ordered_after, partials, mu, state.mu)
     nu = jax.tree.map(_common.ordered_after, partials, nu, state.nu)
-    step_size = rate * _common.adam_step_scale(b1, b2, count).astype(
-        rate_dtype)
-    new_updates = jax.tree.map(
-        lambda m, v: (-step_size * (m / (jnp.sqrt(v) + eps))).astype(m.dtype),
-        mu, nu)
-    return new_updates, AdamHDState(count, rate, mu, nu)
+    scale = _common.adam_step_scale(b1, b2, count).astype(rates[-1].dtype)
+    mu_leaves, treedef = jax.tree.flatten(mu)
+    leaf_rates = list(rates) if per_tensor else [rates[-1]] * len(mu_leaves)
+    new_updates = [
+        (-(rate * scale) * (m / (jnp.sqrt(v) + eps))).astype(m.dtype)
+        for rate, m, v in zip(leaf_rates, mu_leaves, treedef.flatten_up_to(nu))
+    ]
+    return (jax.tree.unflatten(treedef, new_updates),
+            AdamHDState(count, rates[-1], base, mu, nu))
 
   return _common.with_coupled_weight_decay(
-      weight_decay, optax.GradientTransformation(init_fn, update_fn))
+      weight_decay, optax.GradientTransformationExtraArgs(init_fn, update_fn))

@@ -509,3 +509,105 @@ def max_relative_difference(actual, reference) -> float:
   tiny = np.finfo(np.float64).tiny
   return float(np.max(np.abs(actual - reference)
                       / np.maximum(np.abs(reference), tiny)))
+
+
+# ------------------------------------------------ a multi-tensor model (MLP)
+
+# A 3-layer tanh MLP with biases on fixed regression batches, for optimizers
+# whose result depends on the number and order of the tensors (AdamHD).
+MLP_SIZES = (6, 16, 16, 3)
+MLP_BATCH = 32
+
+
+def mlp_initial_params(dtype: str) -> list[np.ndarray]:
+  """torch.nn.Linear's initialisation (uniform in +-1/sqrt(fan_in)) from a
+  fixed numpy generator, as [w1, b1, w2, b2, w3, b3] (the order of
+  ``model.parameters()``), each weight of shape (out, in)."""
+  rng = np.random.default_rng(0)
+  params = []
+  for fan_in, fan_out in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
+    bound = 1.0 / math.sqrt(fan_in)
+    params.append(rng.uniform(-bound, bound, (fan_out, fan_in)))
+    params.append(rng.uniform(-bound, bound, (fan_out,)))
+  return [p.astype(dtype) for p in params]
+
+
+def mlp_batches(dtype: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """Inputs (steps, MLP_BATCH, 6) and targets (steps, MLP_BATCH, 3)."""
+  rng = np.random.default_rng(1)
+  inputs = rng.normal(size=(steps, MLP_BATCH, MLP_SIZES[0]))
+  mixing = rng.normal(size=(MLP_SIZES[0], MLP_SIZES[-1]))
+  targets = np.sin(inputs @ mixing)
+  return inputs.astype(dtype), targets.astype(dtype)
+
+
+def mlp_loss_jax(params, inputs, targets):
+  """Mean squared error of the MLP; `params` as `mlp_initial_params`."""
+  hidden = inputs
+  for k in range(0, len(params) - 2, 2):
+    hidden = jnp.tanh(hidden @ params[k].T + params[k + 1])
+  outputs = hidden @ params[-2].T + params[-1]
+  return jnp.mean((outputs - targets) ** 2)
+
+
+def _record(params_by_step, rates, checkpoints):
+  result = {f"p{k}": np.stack([params_by_step[s - 1][k] for s in checkpoints])
+            for k in range(len(params_by_step[0]))}
+  result["lr"] = np.asarray(rates, np.float64)
+  return result
+
+
+def run_torch_mlp(make_optimizer, dtype: str, steps: int,
+                  checkpoints: tuple[int, ...]) -> dict[str, np.ndarray]:
+  """Trains the MLP as an nn.Sequential with `make_optimizer(parameters)`;
+  returns the params at `checkpoints` ("p0", ... in the order of
+  ``model.parameters()``) and ``param_groups[0]["lr"]`` after every step."""
+  torch_dtype = getattr(torch, dtype)
+  layers = []
+  for fan_in, fan_out in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
+    layers += [torch.nn.Linear(fan_in, fan_out, dtype=torch_dtype),
+               torch.nn.Tanh()]
+  model = torch.nn.Sequential(*layers[:-1])
+  with torch.no_grad():
+    for p, value in zip(model.parameters(), mlp_initial_params(dtype)):
+      p.copy_(torch.from_numpy(value))
+  optimizer = make_optimizer(model.parameters())
+  inputs, targets = mlp_batches(dtype, steps)
+  params_by_step, rates = [], []
+  for step in range(steps):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(torch.from_numpy(inputs[step])),
+                                        torch.from_numpy(targets[step]))
+    loss.backward()
+    optimizer.step()
+    params_by_step.append([p.detach().numpy().copy()
+                           for p in model.parameters()])
+    rates.append(float(optimizer.param_groups[0]["lr"]))
+  return _record(params_by_step, rates, checkpoints)
+
+
+def run_jax_mlp(tx, dtype: str, steps: int,
+                checkpoints: tuple[int, ...]) -> dict[str, np.ndarray]:
+  """`run_torch_mlp` with the optax transformation `tx` on the params list
+  (jitted `lax.scan`); call under the x64 setting that matches `dtype`."""
+  params = [jnp.asarray(p) for p in mlp_initial_params(dtype)]
+  assert all(p.dtype == np.dtype(dtype) for p in params), "x64 mismatch"
+  inputs, targets = mlp_batches(dtype, steps)
+
+  @jax.jit
+  def run(params):
+    def body(carry, batch):
+      params, state = carry
+      grads = jax.grad(mlp_loss_jax)(params, *batch)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, state), (params, optax.tree.get(state, "learning_rate"))
+
+    _, (trajectory, rates) = jax.lax.scan(
+        body, (params, tx.init(params)), (inputs, targets))
+    return trajectory, rates
+
+  trajectory, rates = run(params)
+  params_by_step = [[np.asarray(leaf[s]) for leaf in trajectory]
+                    for s in range(steps)]
+  return _record(params_by_step, rates, checkpoints)
