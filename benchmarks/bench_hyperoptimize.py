@@ -11,21 +11,20 @@ batch 256, float32, CPU: loss, gradient and optimizer update.
 * torch (same thread count): ``torch.optim.Adam`` vs gdtuo's
   ``Adam(optimizer=SGD(1e-5))`` through its ModuleWrapper, as its README does.
 
-Run: ``python benchmarks/bench_hyperoptimize.py`` (writes
-benchmarks/results/hyperoptimize.md). Times are medians over repeats.
+Run: ``python benchmarks/bench_hyperoptimize.py [--quick] [--out
+benchmarks/results/hyperoptimize.md]``. Times are medians over repeats.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
-import platform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+import common  # first: this checkout's optax_extras, not an installed one
 from optax_extras import gdtuo
 
 from timing import round_robin_medians
@@ -35,7 +34,8 @@ BATCH = 256
 WARMUP = 5
 STEPS = 20
 REPEATS = 11
-RESULTS = pathlib.Path(__file__).parent / "results" / "hyperoptimize.md"
+QUICK_STEPS = 5
+QUICK_REPEATS = 3
 
 
 def jax_loss(params, x, y):
@@ -112,7 +112,12 @@ def bench_torch(make_optimizer, data, threads):
   return run
 
 
-def main() -> None:
+def main(argv=None) -> None:
+  args = common.parser(__doc__).parse_args(argv)
+  steps, repeats = (QUICK_STEPS, QUICK_REPEATS) if args.quick else (
+      STEPS, REPEATS)
+  print(common.machine_line())
+  print(f"Command: {common.command_line()}", flush=True)
   threads = os.cpu_count()
   rng = np.random.default_rng(0)
   init = {
@@ -139,7 +144,7 @@ def main() -> None:
         lambda g: g.Adam(optimizer=g.SGD(1e-5)), data, threads)
   except ImportError:
     pass
-  seconds = round_robin_medians(runners, STEPS, REPEATS, WARMUP)
+  seconds = round_robin_medians(runners, steps, repeats, WARMUP)
   adam_s, stack_s = seconds["adam"], seconds["stack"]
   torch_adam_s = seconds.get("torch_adam", float("nan"))
   torch_stack_s = seconds.get("torch_stack", float("nan"))
@@ -148,12 +153,10 @@ def main() -> None:
   lines = [
       "# Hyperoptimizer stack cost",
       "",
-      f"Machine: {platform.platform()}, {platform.processor() or 'cpu'}, "
-      f"{threads} CPUs (torch threads: {threads}); jax {jax.__version__}, "
-      f"optax {optax.__version__}.",
+      f"{common.machine_line()} torch threads: {threads}.",
       f"Step of a {'-'.join(map(str, SIZES))} MLP, batch {BATCH}, float32, "
-      f"CPU: median over {REPEATS} runs of {STEPS} steps. Command: "
-      "`python benchmarks/bench_hyperoptimize.py`.",
+      f"CPU: median over {repeats} runs of {steps} steps. Command: "
+      f"`{common.command_line()}`.",
       "",
       "| implementation | step | vs optax.adam | optimizer state | "
       "XLA fusions / copies of a w1-sized buffer |",
@@ -190,10 +193,7 @@ def main() -> None:
       "the new update cost what optax.adam's update does.",
       "",
   ]
-  text = "\n".join(lines)
-  print(text)
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text(text)
+  common.emit("\n".join(lines), args)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,28 @@
-"""Optimizer step cost per byte moved, against jitted optax.adam and the
-upstream torch optimizers, measured side by side in one run.
+"""Optimizer step cost per byte moved, against optax.adam, a STREAM-like
+copy and the upstream torch optimizers, measured side by side in one run.
 
 Each JAX step is `update` + `apply_updates`, jitted, with params and state
-donated. "Bytes moved" is the least traffic a step needs: read params, grads
-and state, write params and state. The ratio columns divide by optax.adam's
-(or torch.optim.Adam's) time measured in the same rounds, so they are
-comparable across machines; absolute times are not.
+donated, the gradient an input. "Bytes moved" is the least traffic a step
+needs: read params, grads and state, write params and state. Per-byte ratios
+divide each transform's time per byte by optax.adam's, measured in the same
+round-robin rounds, so they are comparable across machines; absolute times
+are not. The copy bandwidth is that of a donated in-place scaling
+``x <- a * x`` of a params-sized tree (read and write every byte once: the
+STREAM "scale" kernel), timed in the same rounds; each transform's GB/s is
+given as a fraction of it.
 
-Run: python benchmarks/bench_optimizers.py [--elements 4000000] [--rounds 7]
+Sizes: 1.1M float32 parameters in 4 leaves, the same in bfloat16, and 18.9M
+float32 parameters in 66 leaves (16 of 2048x512, 8 of 512x512, 42 vectors of
+512). Peak memory: XLA's own accounting of the compiled step at 50M float32
+parameters in 5 leaves (compiled from shapes alone, nothing allocated): the
+state and XLA's temporaries, i.e. the extra memory over params and grads.
+The upstream torch optimizers run on the 1.1M float32 set (--torch-threads),
+in the same round-robin rounds.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -23,158 +31,255 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import common  # first: this checkout's optax_extras, not an installed one
 import optax_extras
 
 from timing import round_robin_medians
 
-SHAPES = ((1024, 1024), (1024,), (64, 64, 16), ())
+SIZES = {
+    "1.1M float32": (((1024, 1024), (1024,), (64, 64, 16), ()), jnp.float32),
+    "1.1M bfloat16": (((1024, 1024), (1024,), (64, 64, 16), ()),
+                      jnp.bfloat16),
+    "18.9M float32": (((2048, 512),) * 16 + ((512, 512),) * 8
+                      + ((512,),) * 42, jnp.float32),
+}
+QUICK_SIZES = ("1.1M float32",)
+MEMORY_SHAPES = ((10_000_000,),) * 5
+COPY = "copy (x <- a x)"
+BASELINE = "optax.adam"
 
 
-def _tree_bytes(tree) -> int:
+def tree_bytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def jax_candidates():
   return {
-      "optax.adam": optax.adam(1e-3),
+      BASELINE: optax.adam(1e-3),
       "diffgrad": optax_extras.diffgrad(1e-3),
       "expectigrad": optax_extras.expectigrad(1e-3),
-      "sgd_hd": optax_extras.sgd_hd(1e-3, momentum=0.9, nesterov=True),
+      "sgd_hd (momentum)": optax_extras.sgd_hd(1e-3, momentum=0.9),
       "adam_hd": optax_extras.adam_hd(1e-3),
   }
 
 
-def torch_candidates():
-  try:
-    import torch
-    import torch_optimizer
-    from expectigrad.pytorch import Expectigrad
-  except ImportError:
-    return {}
-  candidates = {
-      "torch.optim.Adam": lambda ps: torch.optim.Adam(ps, 1e-3),
-      "torch_optimizer.DiffGrad": lambda ps: torch_optimizer.DiffGrad(ps, 1e-3),
-      "expectigrad.Expectigrad": lambda ps: Expectigrad(ps, 1e-3),
-  }
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-  try:
-    import torch_reference
-  except ImportError:
-    return candidates
-  candidates["hypergrad.SGDHD"] = lambda ps: torch_reference.SGDHD(
-      ps, 1e-3, momentum=0.9, nesterov=True)
-  candidates["hypergrad.AdamHD"] = lambda ps: torch_reference.AdamHD(ps, 1e-3)
-  return candidates
-
-
-def make_jax_step(tx, params, grads):
-  def step(params, state):
+def step_fn(tx):
+  def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  step = jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_jax_runner(tx, params, grads):
+  """A runner of the donated step and the bytes one step must move."""
+  step = step_fn(tx)
   params = jax.tree.map(jnp.copy, params)
   state = tx.init(params)
-  moved = 2 * _tree_bytes(params) + _tree_bytes(grads) + 2 * _tree_bytes(state)
+  moved = 2 * tree_bytes(params) + tree_bytes(grads) + 2 * tree_bytes(state)
   carry = [params, state]
 
   def run(steps):
     for _ in range(steps):
-      carry[0], carry[1] = step(carry[0], carry[1])
+      carry[:] = step(carry[0], carry[1], grads)
     jax.block_until_ready(carry)
 
   return run, moved
 
 
-def make_torch_step(factory, arrays):
-  import torch
-
-  params = [torch.tensor(a).requires_grad_() for a in arrays]
-  for p in params:
-    p.grad = torch.randn_like(p) * 1e-2
-  optimizer = factory(params)
+def make_copy_runner(params):
+  """The STREAM-like copy: a donated in-place ``x <- a x`` of every leaf."""
+  scale = jax.jit(lambda tree, a: jax.tree.map(lambda x: (a * x).astype(
+      x.dtype), tree), donate_argnums=0)
+  factor = jnp.asarray(1.0, jnp.float32)
+  carry = [jax.tree.map(jnp.copy, params)]
 
   def run(steps):
     for _ in range(steps):
-      optimizer.step()
+      carry[0] = scale(carry[0], factor)
+    jax.block_until_ready(carry)
 
-  return run
+  return run, 2 * tree_bytes(params)
+
+
+def make_tree(shapes, dtype, seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(scale * rng.standard_normal(s), dtype) for s in shapes]
+
+
+def measure_size(shapes, dtype, args, extra_runners=None):
+  """Rows {name: (seconds per step, bytes moved, state bytes)} for one size,
+  and {name: seconds per step} of ``extra_runners``, timed in the same
+  round-robin rounds."""
+  params = make_tree(shapes, dtype, seed=0)
+  grads = make_tree(shapes, dtype, seed=1, scale=1e-2)
+  runners, moved, state_bytes = {}, {}, {}
+  runners[COPY], moved[COPY] = make_copy_runner(params)
+  state_bytes[COPY] = 0
+  for name, tx in jax_candidates().items():
+    runners[name], moved[name] = make_jax_runner(tx, params, grads)
+    state_bytes[name] = tree_bytes(tx.init(params))
+  steps = max(1, args.steps * 1_200_000 // sum(a.size for a in params))
+  seconds = round_robin_medians({**runners, **(extra_runners or {})}, steps,
+                                args.rounds)
+  rows = {name: (seconds[name], moved[name], state_bytes[name])
+          for name in runners}
+  return rows, {name: seconds[name] for name in extra_runners or {}}
+
+
+def size_table(label, rows) -> list[str]:
+  adam_s, adam_moved, _ = rows[BASELINE]
+  copy_s, copy_moved, _ = rows[COPY]
+  copy_rate = copy_moved / copy_s
+  lines = [
+      f"### {label}",
+      "",
+      f"Copy bandwidth (in-place `x <- a x`, same rounds): "
+      f"{copy_rate / 1e9:.1f} GB/s.",
+      "",
+      "| transform | state / params bytes | bytes moved / step | ms / step "
+      "| time / optax.adam | per byte / optax.adam's | GB/s "
+      "| fraction of copy bandwidth |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  params_bytes = (adam_moved - 2 * rows[BASELINE][2]) / 3
+  for name, (seconds, moved, state) in rows.items():
+    if name == COPY:
+      continue
+    per_byte = (seconds / moved) / (adam_s / adam_moved)
+    lines.append(
+        f"| {name} | {state / params_bytes:.2f} | {moved:,} | "
+        f"{seconds * 1e3:.2f} | {seconds / adam_s:.2f} | {per_byte:.2f} | "
+        f"{moved / seconds / 1e9:.1f} | {moved / seconds / copy_rate:.2f} |")
+  return lines + [""]
+
+
+def memory_table() -> list[str]:
+  """State and XLA temporaries of the compiled step at 50M parameters."""
+  params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in MEMORY_SHAPES]
+  params_mb = sum(np.prod(s) for s in MEMORY_SHAPES) * 4 / 1e6
+  lines = [
+      f"### Peak memory at {params_mb / 4:.0f}M float32 parameters "
+      f"({len(MEMORY_SHAPES)} leaves)",
+      "",
+      "From `compiled.memory_analysis()` of the donated step (compiled from "
+      "shapes, nothing run). Extra = state + XLA temporaries: the peak over "
+      f"params and grads ({2 * params_mb:.0f} MB).",
+      "",
+      "| transform | state MB | XLA temporaries MB | extra over params and "
+      "grads MB |",
+      "| --- | --- | --- | --- |",
+  ]
+  for name, tx in jax_candidates().items():
+    state = jax.eval_shape(tx.init, params)
+    compiled = step_fn(tx).lower(params, state, params).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes / 1e6
+    state_mb = sum(x.size * x.dtype.itemsize
+                   for x in jax.tree.leaves(state)) / 1e6
+    lines.append(f"| {name} | {state_mb:.0f} | {temp:.0f} | "
+                 f"{state_mb + temp:.0f} |")
+  return lines + [""]
+
+
+def torch_candidates():
+  try:
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+    import torch_optimizer  # pylint: disable=import-outside-toplevel
+    from expectigrad.pytorch import Expectigrad  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return {}
+  candidates = {
+      "torch.optim.Adam": (BASELINE, lambda ps: torch.optim.Adam(ps, 1e-3)),
+      "torch_optimizer.DiffGrad": (
+          "diffgrad", lambda ps: torch_optimizer.DiffGrad(ps, 1e-3)),
+      "expectigrad.Expectigrad": (
+          "expectigrad", lambda ps: Expectigrad(ps, 1e-3)),
+  }
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+  try:
+    import torch_reference  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return candidates
+  candidates["hypergrad.SGDHD"] = ("sgd_hd (momentum)", lambda ps: (
+      torch_reference.SGDHD(ps, 1e-3, momentum=0.9)))
+  candidates["hypergrad.AdamHD"] = ("adam_hd", lambda ps: (
+      torch_reference.AdamHD(ps, 1e-3)))
+  return candidates
+
+
+def torch_runners(shapes, candidates, threads):
+  """A runner of ``optimizer.step()`` per upstream torch optimizer."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(threads)
+  rng = np.random.default_rng(0)
+  runners = {}
+  for name, (_, factory) in candidates.items():
+    params = [torch.tensor(rng.standard_normal(s).astype(np.float32),
+                           requires_grad=True) for s in shapes]
+    for p in params:
+      p.grad = torch.randn_like(p) * 1e-2
+    runners[name] = (lambda opt: lambda n: [opt.step() for _ in range(n)])(
+        factory(params))
+  return runners
+
+
+def torch_table(candidates, seconds, jax_rows) -> list[str]:
+  """Upstream torch optimizers against ours, timed in the same rounds."""
+  if not candidates:
+    return ["(torch or an upstream package is not installed: no torch "
+            "rows.)", ""]
+  lines = [
+      "### Upstream torch optimizers, 1.1M float32 (timed in the rounds of "
+      "the 1.1M float32 table)",
+      "",
+      "| upstream torch optimizer | ms / step | time / torch.optim.Adam | "
+      "optax_extras time / upstream time |",
+      "| --- | --- | --- | --- |",
+  ]
+  for name, (ours, _) in candidates.items():
+    lines.append(
+        f"| {name} | {seconds[name] * 1e3:.2f} | "
+        f"{seconds[name] / seconds['torch.optim.Adam']:.2f} | "
+        f"{jax_rows[ours][0] / seconds[name]:.2f} |")
+  return lines + [""]
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--out", default=str(
-      Path(__file__).parent / "results" / "optimizers.md"))
+  parser = common.parser(__doc__)
+  parser.add_argument("--steps", type=int, default=None,
+                      help="steps per round at 1.1M params (scaled down for "
+                      "larger sizes; default 10, --quick 3)")
+  parser.add_argument("--rounds", type=int, default=None,
+                      help="round-robin rounds (default 9, --quick 3)")
+  parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                      help="torch's intra-op threads (default: one per core)")
   args = parser.parse_args(argv)
-
-  rng = np.random.default_rng(0)
-  arrays = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-  params = [jnp.asarray(a) for a in arrays]
-  grads = [jnp.asarray(rng.standard_normal(s).astype(np.float32) * 1e-2)
-           for s in SHAPES]
-
-  jax_runs, moved = {}, {}
-  for name, tx in jax_candidates().items():
-    jax_runs[name], moved[name] = make_jax_step(tx, params, grads)
-  jax_times = round_robin_medians(jax_runs, args.steps, args.rounds)
-
-  torch_runs = {}
-  try:
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)
-  except ImportError:
-    pass
-  for name, factory in torch_candidates().items():
-    torch_runs[name] = make_torch_step(factory, arrays)
-  torch_times = round_robin_medians(torch_runs, args.steps, args.rounds)
-
-  elements = sum(a.size for a in arrays)
+  args.steps = args.steps or (3 if args.quick else 10)
+  args.rounds = args.rounds or (3 if args.quick else 9)
+  print(common.machine_line())
+  print(f"Command: {common.command_line()}", flush=True)
   lines = [
       "# Optimizer step cost per byte moved",
       "",
-      f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
-      f"JAX {jax.__version__} ({jax.default_backend()}), "
-      f"{elements:,} float32 parameters in {len(SHAPES)} leaves, "
-      f"median of {args.rounds} rounds x {args.steps} steps, round-robin.",
-      "Command: `python benchmarks/bench_optimizers.py`",
+      common.machine_line(),
+      f"Command: `{common.command_line()}`. Medians of {args.rounds} "
+      "round-robin rounds.",
       "",
-      "| JAX transformation | state bytes / params bytes | bytes moved / step "
-      "| ms / step | GB/s | time / optax.adam |",
-      "| --- | --- | --- | --- | --- | --- |",
   ]
-  adam_time = jax_times["optax.adam"]
-  params_bytes = _tree_bytes(params)
-  for name, seconds in jax_times.items():
-    state_bytes = (moved[name] - 2 * params_bytes - _tree_bytes(grads)) / 2
-    lines.append(
-        f"| {name} | {state_bytes / params_bytes:.2f} | {moved[name]:,} | "
-        f"{seconds * 1e3:.2f} | {moved[name] / seconds / 1e9:.1f} | "
-        f"{seconds / adam_time:.2f} |")
-  if torch_times:
-    pairs = {
-        "torch.optim.Adam": "optax.adam",
-        "torch_optimizer.DiffGrad": "diffgrad",
-        "expectigrad.Expectigrad": "expectigrad",
-        "hypergrad.SGDHD": "sgd_hd",
-        "hypergrad.AdamHD": "adam_hd",
-    }
-    lines += [
-        "",
-        "| upstream torch optimizer | ms / step | time / torch.optim.Adam "
-        "| optax_extras time / upstream time |",
-        "| --- | --- | --- | --- |",
-    ]
-    torch_adam = torch_times["torch.optim.Adam"]
-    for name, seconds in torch_times.items():
-      ours = jax_times[pairs[name]]
-      lines.append(f"| {name} | {seconds * 1e3:.2f} | "
-                   f"{seconds / torch_adam:.2f} | {ours / seconds:.2f} |")
-  report = "\n".join(lines) + "\n"
-  print(report)
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(report)
+  candidates = torch_candidates()
+  first = "1.1M float32"
+  for label in QUICK_SIZES if args.quick else tuple(SIZES):
+    print(f"{label} ...", flush=True)
+    extra = (torch_runners(SIZES[label][0], candidates, args.torch_threads)
+             if label == first else {})
+    rows, extra_seconds = measure_size(*SIZES[label], args, extra)
+    if label == first:
+      first_rows, torch_seconds = rows, extra_seconds
+    lines += size_table(label, rows)
+  if not args.quick:
+    lines += memory_table()
+  lines += torch_table(candidates, torch_seconds, first_rows)
+  common.emit("\n".join(lines), args)
 
 
 if __name__ == "__main__":

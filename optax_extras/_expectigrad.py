@@ -24,8 +24,9 @@ class ScaleByExpectigradState(NamedTuple):
   Attributes:
     count: number of steps taken, int32 (saturating).
     sum_sq: running sum of squared gradients, at least float32.
-    counter: per-element int32 count of nonzero gradients (None when
-      ``sparse_counter=False``: the step count is used instead).
+    counter: per-element int32 count of nonzero gradients, saturating at
+      ``2**31 - 1`` (None when ``sparse_counter=False``: the step count is
+      used instead).
     momentum: the outer momentum of the normalized steps.
   """
 
@@ -39,7 +40,7 @@ def scale_by_expectigrad(
     beta: float = 0.9,
     eps: float = 1e-8,
     sparse_counter: bool = True,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Expectigrad's arithmetic RMS, then outer momentum.
 
   With the gradient :math:`g_t` and :math:`t` counted from 1::
@@ -53,7 +54,11 @@ def scale_by_expectigrad(
   Semantic choices:
 
   * Where an element has only seen zero gradients, its counter and sum are
-    both 0 and its step is 0, as in the reference.
+    both 0 and its step is 0, as in the reference. (The 0/0 is computed as
+    ``s_t / max(n_t, 1)``: a zero counter means every square added was 0,
+    so the sum is 0. That is one select per element fewer than a ``where``
+    on ``n_t > 0``, and the step is partly compute-bound on XLA:CPU:
+    benchmarks/results/optimizers.md.)
   * The counter counts the squares added to the sum, as the reference's
     ``sign(g^2)``: a nonzero gradient whose square underflows to 0 counts as
     a zero gradient.
@@ -67,6 +72,8 @@ def scale_by_expectigrad(
     `optax.adam`). Wrap in `optax.apply_if_finite` to skip such steps.
   * The sum of squares is kept in at least float32 and the counter in int32:
     a bfloat16 running sum or counter stops growing after a few hundred steps.
+    The counter saturates at ``2**31 - 1`` (as `optax.safe_increment` does
+    for the step count) instead of wrapping to a negative count.
 
   Args:
     beta: decay rate of the outer momentum, in [0, 1).
@@ -75,7 +82,7 @@ def scale_by_expectigrad(
       gradient (the paper's sparse counter); if False, divide by the step count.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
   """
   _checks.check_decay("beta", beta)
   _checks.check_range("eps", eps, 0.0, float("inf"), low_inclusive=False,
@@ -95,20 +102,20 @@ def scale_by_expectigrad(
         momentum=optax.tree.zeros_like(params),
     )
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     count = optax.safe_increment(state.count)
     squares = jax.tree.map(
         lambda s, g: jnp.square(g.astype(s.dtype)), state.sum_sq, updates)
     sum_sq = jax.tree.map(jnp.add, state.sum_sq, squares)
 
     def normalized_step(g, s, n):
-      mean_sq = jnp.where(n > 0, s / n.astype(s.dtype), 0.0)
+      mean_sq = s / jnp.maximum(n, 1).astype(s.dtype)
       return (g / (jnp.sqrt(mean_sq) + eps)).astype(g.dtype)
 
     if sparse_counter:
       counter = jax.tree.map(
-          lambda n, sq: jnp.where(sq != 0, n + 1, n),
+          lambda n, sq: jnp.where(sq != 0, optax.safe_increment(n), n),
           state.counter, squares)
       steps = jax.tree.map(normalized_step, updates, sum_sq, counter)
     else:
@@ -124,7 +131,7 @@ def scale_by_expectigrad(
     return new_updates, ScaleByExpectigradState(count, sum_sq, counter,
                                                 momentum)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def expectigrad(
@@ -132,7 +139,7 @@ def expectigrad(
     beta: float = 0.9,
     eps: float = 1e-8,
     sparse_counter: bool = True,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Expectigrad optimizer, numerically `expectigrad.pytorch.Expectigrad`.
 
   ``params <- params - learning_rate * scale_by_expectigrad(g)``: see
@@ -148,7 +155,7 @@ def expectigrad(
     sparse_counter: count only nonzero gradients, per element.
 
   Returns:
-    A `optax.GradientTransformation`.
+    A `optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_extras

@@ -328,26 +328,31 @@ def hypergradient(inner: _Inner, raw: Mapping[str, Any], grads: Any,
     that leaf's contractions (what `order_inner_state` orders after).
   """
 
-  def contractions(key, value):
-    previous_update, _ = inner.update(
-        natural_values({**raw, key: value}), prev.prev_grad,
-        prev.prev_inner_state, prev.prev_params)
-    return jax.tree.map(_common.leaf_vdot, grads, previous_update)
+  def tangent(key):
+    """d u_{t-1} / d raw[key] along ones (per leaf: each leaf's own)."""
+    def previous_update(value):
+      return inner.update(natural_values({**raw, key: value}), prev.prev_grad,
+                          prev.prev_inner_state, prev.prev_params)[0]
+    ones = jax.tree.map(jnp.ones_like, raw[key])
+    return jax.jvp(previous_update, (raw[key],), (ones,))[1]
 
+  keys = list(raw)
+  # One (k,) vector of <g, d u / d x_j> per leaf: the k tangents are
+  # evaluated together in one pass and never stored (see `_common.vdots`).
+  per_leaf = jax.tree.map(_common.vdots, grads, *[tangent(k) for k in keys])
   first_step = prev.count == 0
-  result, per_leaf_sums = {}, []
-  for key, value in raw.items():
-    ones = jax.tree.map(jnp.ones_like, value)
-    _, per_leaf = jax.jvp(lambda x, key=key: contractions(key, x), (value,),
-                          (ones,))
-    per_leaf_sums.append(per_leaf)
+  result = {}
+  for j, key in enumerate(keys):
+    value = raw[key]
     if _parse_stored_key(key)[0] in inner.per_leaf:
-      total = jax.tree.map(lambda x, dot: dot.astype(x.dtype), value, per_leaf)
+      total = jax.tree.map(lambda x, dots, j=j: dots[j].astype(x.dtype),
+                           value, per_leaf)
     else:
-      total = _common.sum_leaves(per_leaf, value.dtype)
+      total = _common.sum_leaves(
+          jax.tree.map(lambda dots, j=j: dots[j], per_leaf), value.dtype)
     result[key] = jax.tree.map(
         lambda t: jnp.where(first_step, jnp.zeros_like(t), t), total)
-  return result, jax.tree.map(lambda *dots: sum(dots), *per_leaf_sums)
+  return result, jax.tree.map(jnp.sum, per_leaf)
 
 
 def advance_inner_state(inner: _Inner, raw: Mapping[str, Any],

@@ -160,12 +160,16 @@ def _adam(alpha, beta1, beta2, eps):
     v = jax.tree.map(lambda v, g: beta2 * v + (1.0 - beta2) * g * g, state.v,
                      grads)
 
+    # Bias corrections as scalar reciprocals, computed once for all leaves: a
+    # product per element instead of a division (also in the tangents
+    # `hyperoptimize` takes), and no scalar work repeated per leaf.
+    t = count.astype(jnp.result_type(beta1, beta2, float))
+    m_scale = 1.0 / (1.0 - beta1**t)
+    v_scale = 1.0 / (1.0 - beta2**t)
+
     def step(m, v):
-      # Bias corrections as scalar reciprocals: a product per element instead
-      # of a division (also in the tangents `hyperoptimize` takes).
-      t = count.astype(m.dtype)
-      m_hat = m * (1.0 / (1.0 - beta1**t))
-      v_hat = v * (1.0 / (1.0 - beta2**t))
+      m_hat = m * m_scale.astype(m.dtype)
+      v_hat = v * v_scale.astype(v.dtype)
       return -(alpha * (m_hat / (jnp.sqrt(v_hat) + eps)))
 
     return jax.tree.map(step, m, v), AdamState(count, m, v)

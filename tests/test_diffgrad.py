@@ -79,3 +79,15 @@ def test_scale_by_diffgrad_jits_with_traced_decays():
   expected = optax_extras.scale_by_diffgrad(b1=0.8, b2=0.99, eps=1e-6).update(
       grads, optax_extras.scale_by_diffgrad().init(params))[0]
   np.testing.assert_allclose(update(0.8, 0.99, 1e-6), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    optax_extras.diffgrad,
+    lambda: optax_extras.diffgrad(weight_decay=0.1),
+    optax_extras.scale_by_diffgrad])
+def test_update_accepts_extra_args(make):
+  tx = make()
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  params = jnp.array([1.0, -2.0])
+  updates, _ = tx.update(params, tx.init(params), params, value=jnp.ones([]))
+  assert updates.shape == params.shape

@@ -73,3 +73,32 @@ def test_nan_gradient_propagates_instead_of_being_swallowed():
   assert np.isnan(updates[0]) and np.isfinite(updates[1])
   updates, state = tx.update(jnp.array([0.5, 0.5]), state)
   assert np.isnan(updates[0]) and np.isfinite(updates[1])
+
+
+@pytest.mark.parametrize("sparse_counter", [True, False])
+def test_counters_saturate_instead_of_wrapping(sparse_counter):
+  """Past 2**31 - 1 steps the counts stay at the int32 maximum: a wrapped
+  (negative) count would turn the step into g / eps."""
+  largest = jnp.iinfo(jnp.int32).max
+  tx = optax_extras.scale_by_expectigrad(beta=0.0,
+                                         sparse_counter=sparse_counter)
+  state = tx.init(jnp.zeros(2))
+  counter = (jnp.full(2, largest, jnp.int32) if sparse_counter else None)
+  state = state._replace(count=jnp.asarray(largest, jnp.int32),
+                         sum_sq=jnp.full(2, float(largest)), counter=counter)
+  grads = jnp.array([1.0, -1.0])
+  updates, state = tx.update(grads, state)
+  assert state.count == largest
+  if sparse_counter:
+    np.testing.assert_array_equal(state.counter, [largest, largest])
+  np.testing.assert_allclose(updates, grads, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [optax_extras.expectigrad,
+                                  optax_extras.scale_by_expectigrad])
+def test_update_accepts_extra_args(make):
+  tx = make()
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  params = jnp.array([1.0, -2.0])
+  updates, _ = tx.update(params, tx.init(params), params, value=jnp.ones([]))
+  assert updates.shape == params.shape

@@ -1,0 +1,86 @@
+"""Command line, machine line and output shared by the benchmark scripts.
+
+Importing this module puts the checkout that holds it first on ``sys.path``,
+so a benchmark measures this checkout's optax_extras even where another copy
+is installed: scripts import it before optax_extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import shlex
+import sys
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+  """An argument parser with the options every benchmark takes.
+
+  ``--out PATH`` writes the markdown report there (without it the report is
+  only printed, so committed results are rewritten only when named) and
+  ``--quick`` runs a small, fast version.
+  """
+  summary, _, details = doc.partition("\n")
+  result = argparse.ArgumentParser(
+      description=summary, epilog=details.strip(),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  result.add_argument(
+      "--out", type=pathlib.Path, default=None,
+      help="write the markdown report to this file (default: print only; "
+      "e.g. --out benchmarks/results/NAME.md to refresh the committed one)")
+  result.add_argument("--quick", action="store_true",
+                      help="a small, fast run (smoke test, noisy numbers)")
+  result.add_argument("--note", default=None,
+                      help="a sentence added under the report's title, e.g. "
+                      "on the load of the machine during the run")
+  return result
+
+
+def command_line() -> str:
+  """The command that started this process, as one can paste it."""
+  return " ".join(["python"] + [shlex.quote(a) for a in sys.argv])
+
+
+def machine_line() -> str:
+  """One line naming the machine and the library versions."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  cpu = platform.processor() or platform.machine()
+  model = _cpu_model()
+  if model:
+    cpu = model
+  return (f"Machine: {platform.platform()}, {cpu}, {os.cpu_count()} CPU "
+          f"cores; jax {jax.__version__} ({jax.default_backend()}: "
+          f"{jax.devices()[0].device_kind}), optax {optax.__version__}.")
+
+
+def _cpu_model() -> str | None:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
+
+
+def emit(report: str, args: argparse.Namespace) -> None:
+  """Prints the report and writes it to ``args.out`` when given.
+
+  ``args.note``, when given, goes under the report's title line.
+  """
+  if args.note:
+    title, _, rest = report.partition("\n")
+    report = f"{title}\n\n{args.note}\n{rest}"
+  out = args.out
+  print(report)
+  if out is not None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out}")
