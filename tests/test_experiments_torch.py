@@ -70,7 +70,7 @@ def _load_weights(model, params):
   with torch.no_grad():
     for lin, layer in zip((model.lin1, model.lin2, model.lin3), layers):
       lin.weight.copy_(torch.from_numpy(np.asarray(layer["kernel"]).T.copy()))
-      lin.bias.copy_(torch.from_numpy(np.asarray(layer["bias"])))
+      lin.bias.copy_(torch.from_numpy(np.array(layer["bias"])))
 
 
 def _train_py_loop(method, init_params):

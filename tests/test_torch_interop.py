@@ -358,7 +358,7 @@ def test_closure_is_run_with_grad_and_its_loss_returned():
 
   with torch.no_grad():
     loss = opt.step(closure)
-  assert loss.requires_grad and float(loss) > 0
+  assert loss.requires_grad and float(loss.detach()) > 0
   _train(twin, OptaxOptimizer(twin.parameters(), optax.adam, lr=1e-2), 1)
   _assert_equal(model, twin)
 
