@@ -169,8 +169,8 @@ class Learned:
   References:
     Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
     Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
-    code (the stored spaces of `gradient_descent_the_ultimate_optimizer`'s
-    hyperparameters): https://github.com/kach/gradient-descent-the-ultimate-optimizer
+    code (gdtuo's stored spaces of hyperparameters):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
 
   init: Any
