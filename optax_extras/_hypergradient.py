@@ -354,12 +354,10 @@ def sgd_hd(
 
 def _adam_hypergradient_partials(updates, state, eps):
   r"""Per leaf ``<g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>``, in the rate's
-  dtype. The direction is computed on the fly, so the product goes through
-  `_common.vdots` (a plain sum runs it op by op on XLA:CPU)."""
+  dtype."""
   dtype = state.learning_rate.dtype
   return jax.tree.map(
-      lambda g, m, v: _common.vdots(g, m / (jnp.sqrt(v) + eps),
-                                    dtype=dtype)[0],
+      lambda g, m, v: _common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype),
       updates, state.mu, state.nu)
 
 

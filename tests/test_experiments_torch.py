@@ -102,16 +102,8 @@ def paper_run():
   return {r.label: r for r in run.results}
 
 
-_PER_TENSOR = pytest.mark.xfail(
-    reason="upstream AdamHD moves the rate inside its per-tensor loop (in "
-    "model.parameters() order: lin1.weight, lin1.bias, ...); "
-    "optax_extras.adam_hd takes the paper's one global dot product until "
-    "hypergradient='per_tensor' exists", strict=False)
-
-
 @pytest.mark.parametrize("method", [
-    "sgd", "sgd_hd", "sgdn", "sgdn_hd", "adam",
-    pytest.param("adam_hd", marks=_PER_TENSOR)])
+    "sgd", "sgd_hd", "sgdn", "sgdn_hd", "adam", "adam_hd"])
 def test_compare_init_torch_equals_train_py_loop(paper_run, method):
   result = paper_run[method]
   losses, alphas = _train_py_loop(method, result.init_params)

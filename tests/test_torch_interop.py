@@ -578,3 +578,22 @@ def test_to_jax_and_back_share_memory_and_keep_dtypes():
     array = to_jax(f64)
     assert array.dtype == jnp.float64
     assert torch.equal(to_torch(array), f64)
+
+
+def test_adam_hd_per_tensor_through_the_shim_equals_upstream_adamhd():
+  """A multi-tensor model: OptaxOptimizer(adam_hd, hypergradient="per_tensor")
+  over model.parameters() gives upstream AdamHD's weights and learned rate."""
+  import torch_reference  # pylint: disable=import-outside-toplevel
+  steps, checkpoints = 60, (20, 60)
+  hparams = dict(lr=3e-3, hypergrad_lr=1e-3, weight_decay=0.05)
+  reference = torch_reference.run_torch_mlp(
+      lambda params: torch_reference.AdamHD(params, **hparams), "float32",
+      steps, checkpoints)
+  ours = torch_reference.run_torch_mlp(
+      lambda params: OptaxOptimizer(params, optax_extras.adam_hd,
+                                    hypergradient="per_tensor", **hparams),
+      "float32", steps, checkpoints)
+  for key in reference:
+    scale = np.max(np.abs(reference[key]))
+    assert np.max(np.abs(ours[key] - reference[key])) <= 1e-5 * scale, key
+  assert abs(reference["lr"][-1] / 3e-3 - 1) > 1e-3  # the rate was learned

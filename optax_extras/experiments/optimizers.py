@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -20,6 +21,45 @@ from optax_extras.experiments.options import Choice, OptimizerError
 
 def _coupled(weight_decay, tx: optax.GradientTransformation):
   return optax.chain(optax.add_decayed_weights(weight_decay), tx)
+
+
+def torch_parameter_order(tree: Any) -> list[int]:
+  """Indices of the leaves of a Flax params tree in the order torch's
+  `model.parameters()` lists the same layers: layer by layer, each layer's
+  weight (``kernel``) before its ``bias`` (Flax's dicts sort bias first)."""
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  layers = list(dict.fromkeys(path[:-1] for path in paths))
+
+  def position(i):
+    name = getattr(paths[i][-1], "key", None) if paths[i] else None
+    return layers.index(paths[i][:-1]), name != "kernel"
+
+  return sorted(range(len(paths)), key=position)
+
+
+def in_torch_parameter_order(
+    tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``tx`` applied to the leaves as a list in `torch_parameter_order`: for
+  rules that depend on the order of the tensors (upstream AdamHD's
+  per-tensor rate, `optax_extras.adam_hd(..., hypergradient="per_tensor")`).
+  """
+
+  def ordered(tree):
+    leaves = jax.tree.leaves(tree)
+    return [leaves[i] for i in torch_parameter_order(tree)]
+
+  def update_fn(updates, state, params=None, **extra_args):
+    order = torch_parameter_order(updates)
+    new, state = tx.update(ordered(updates), state,
+                           None if params is None else ordered(params),
+                           **extra_args)
+    leaves = [None] * len(order)
+    for position, index in enumerate(order):
+      leaves[index] = new[position]
+    return jax.tree.structure(updates).unflatten(leaves), state
+
+  return optax.GradientTransformationExtraArgs(
+      lambda params: tx.init(ordered(params)), update_fn)
 
 
 _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -33,8 +73,11 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
                             weight_decay=weight_decay)),
     "adam": lambda lr, b1, b2, eps, weight_decay: _coupled(
         weight_decay, optax.adam(lr, b1, b2, eps)),
+    # train.py's AdamHD: the rate moves inside the loop over the tensors.
     "adam_hd": lambda lr, hypergrad_lr, b1, b2, eps, weight_decay: (
-        optax_extras.adam_hd(lr, hypergrad_lr, b1, b2, eps, weight_decay)),
+        in_torch_parameter_order(optax_extras.adam_hd(
+            lr, hypergrad_lr, b1, b2, eps, weight_decay,
+            hypergradient="per_tensor"))),
     "momentum": lambda lr, momentum, weight_decay: _coupled(
         weight_decay, optax.sgd(lr, momentum)),
     "nesterov": lambda lr, momentum, weight_decay: _coupled(
