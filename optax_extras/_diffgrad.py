@@ -49,20 +49,24 @@ def _stored_after_update(update: jax.Array, grad: jax.Array,
 
 
 def scale_by_diffgrad(
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
     *,
     mu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by diffGrad's friction-damped Adam direction.
 
-  With the gradient :math:`g_t` and :math:`t` counted from 1::
+  With the gradient :math:`g_t`, :math:`t` counted from 1, :math:`b_1` =
+  ``b1``, :math:`b_2` = ``b2`` and :math:`\epsilon` = ``eps``:
 
-    m_t  = b1 m_{t-1} + (1 - b1) g_t
-    v_t  = b2 v_{t-1} + (1 - b2) g_t^2
-    xi_t = 1 / (1 + exp(-|g_{t-1} - g_t|))        (g_0 = 0)
-    u_t  = [sqrt(1 - b2^t) / (1 - b1^t)] * xi_t m_t / (sqrt(v_t) + eps)
+  .. math::
+
+    m_t &= b_1 m_{t-1} + (1 - b_1) g_t \\
+    v_t &= b_2 v_{t-1} + (1 - b_2) g_t^2 \\
+    \xi_t &= \frac{1}{1 + \exp(-|g_{t-1} - g_t|)} \quad (g_0 = 0) \\
+    u_t &= \frac{\sqrt{1 - b_2^t}}{1 - b_1^t} \,
+      \frac{\xi_t m_t}{\sqrt{v_t} + \epsilon}
 
   Semantic choices, all those of the reference code:
 
@@ -91,13 +95,37 @@ def scale_by_diffgrad(
   update, or that copy): benchmarks/results/optimizers.md.
 
   Args:
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
-    eps: added to the root of the second moment, >= 0.
-    mu_dtype: dtype of the first moment (default: that of the params).
+    b1: decay rate of the first moment, in [0, 1) (default 0.9).
+    b2: decay rate of the second moment, in [0, 1) (default 0.999).
+    eps: added to the root of the second moment, finite and >= 0 (default
+      1e-8).
+    mu_dtype: dtype of the first moment (default None: that of the params).
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs` (extra arguments of ``update``,
+    such as ``value``, are accepted and ignored) whose state is a
+    `ScaleByDiffGradState`.
+
+  Raises:
+    ValueError: when a concrete ``b1`` or ``b2`` is not in [0, 1) or ``eps``
+      is negative or not finite (traced values are not checked).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_extras
+    >>> tx = optax_extras.scale_by_diffgrad()
+    >>> grads = {"w": jnp.array([0.5, -0.5])}
+    >>> state = tx.init(grads)
+    >>> updates, state = tx.update(grads, state)
+    >>> [round(float(u), 4) for u in updates["w"]]
+    [0.6225, -0.6225]
+
+  References:
+    Dubey, Chakraborty, Roy, Mukherjee, Singh and Chaudhuri, "diffGrad: An
+    Optimization Method for Convolutional Neural Networks", IEEE Transactions
+    on Neural Networks and Learning Systems (TNNLS), 2019,
+    https://arxiv.org/abs/1909.11015; upstream code (diffGrad_v2.py):
+    https://github.com/shivram1987/diffGrad, packaged as
+    `torch_optimizer.DiffGrad`.
   """
   _checks.check_decay("b1", b1)
   _checks.check_decay("b2", b2)
@@ -133,17 +161,26 @@ def scale_by_diffgrad(
 
 def diffgrad(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 0.0,
     *,
     mu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""diffGrad optimizer, numerically the reference `torch_optimizer.DiffGrad`.
 
-  ``params <- params - learning_rate * scale_by_diffgrad(g + weight_decay *
-  params)``: see `scale_by_diffgrad` for the rule and its semantic choices.
+  With :math:`\alpha_t` = ``learning_rate`` (a schedule's value at step
+  :math:`t - 1`), :math:`\lambda` = ``weight_decay`` and :math:`u_t` the
+  direction of `scale_by_diffgrad` computed from :math:`\tilde g_t`:
+
+  .. math::
+
+    \tilde g_t &= \nabla f(\theta_{t-1}) + \lambda \theta_{t-1} \\
+    \theta_t &= \theta_{t-1} - \alpha_t u_t
+
+  See `scale_by_diffgrad` for the rule of :math:`u_t` and its semantic
+  choices.
 
   ``weight_decay`` is coupled L2 as in the reference: it is added to the
   gradient, so it enters the moments and the friction term (the stored
@@ -157,15 +194,23 @@ def diffgrad(
   be an optax schedule.
 
   Args:
-    learning_rate: a float >= 0 or an optax schedule.
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
-    eps: added to the root of the second moment, >= 0.
-    weight_decay: coupled L2 coefficient, >= 0.
-    mu_dtype: dtype of the first moment (default: that of the params).
+    learning_rate: a float >= 0 (default 1e-3) or an optax schedule.
+    b1: decay rate of the first moment, in [0, 1) (default 0.9).
+    b2: decay rate of the second moment, in [0, 1) (default 0.999).
+    eps: added to the root of the second moment, finite and >= 0 (default
+      1e-8).
+    weight_decay: coupled L2 coefficient, finite and >= 0 (default 0.0).
+    mu_dtype: dtype of the first moment (default None: that of the params).
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs` (extra arguments of ``update``,
+    such as ``value``, are accepted and ignored).
+
+  Raises:
+    ValueError: when a concrete ``learning_rate`` or ``weight_decay`` is
+      negative or not finite, ``b1`` or ``b2`` is not in [0, 1), or ``eps``
+      is negative or not finite (schedules and traced values are not
+      checked).
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_extras
@@ -176,6 +221,14 @@ def diffgrad(
     >>> updates, state = tx.update(grads, state, params)
     >>> [round(float(w), 4) for w in optax.apply_updates(params, updates)["w"]]
     [0.9378, -1.9378]
+
+  References:
+    Dubey, Chakraborty, Roy, Mukherjee, Singh and Chaudhuri, "diffGrad: An
+    Optimization Method for Convolutional Neural Networks", IEEE Transactions
+    on Neural Networks and Learning Systems (TNNLS), 2019,
+    https://arxiv.org/abs/1909.11015; upstream code (diffGrad_v2.py):
+    https://github.com/shivram1987/diffGrad, packaged as
+    `torch_optimizer.DiffGrad`.
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_nonnegative("weight_decay", weight_decay)

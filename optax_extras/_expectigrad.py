@@ -37,19 +37,23 @@ class ScaleByExpectigradState(NamedTuple):
 
 
 def scale_by_expectigrad(
-    beta: float = 0.9,
-    eps: float = 1e-8,
+    beta: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
     sparse_counter: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Expectigrad's arithmetic RMS, then outer momentum.
 
-  With the gradient :math:`g_t` and :math:`t` counted from 1::
+  With the gradient :math:`g_t`, :math:`t` counted from 1, :math:`\beta` =
+  ``beta``, :math:`\epsilon` = ``eps`` and :math:`[\cdot]` the indicator:
 
-    s_t = s_{t-1} + g_t^2
-    n_t = n_{t-1} + [g_t^2 != 0]      (sparse_counter; otherwise n_t = t)
-    a_t = s_t / n_t, with 0/0 := 0
-    m_t = beta m_{t-1} + (1 - beta) g_t / (sqrt(a_t) + eps)
-    u_t = m_t / (1 - beta^t)
+  .. math::
+
+    s_t &= s_{t-1} + g_t^2 \\
+    n_t &= n_{t-1} + [g_t^2 \neq 0] \quad
+      (\texttt{sparse\_counter}; \text{ otherwise } n_t = t) \\
+    a_t &= s_t / n_t, \quad 0 / 0 := 0 \\
+    m_t &= \beta m_{t-1} + (1 - \beta) \frac{g_t}{\sqrt{a_t} + \epsilon} \\
+    u_t &= \frac{m_t}{1 - \beta^t}
 
   Semantic choices:
 
@@ -76,13 +80,36 @@ def scale_by_expectigrad(
     for the step count) instead of wrapping to a negative count.
 
   Args:
-    beta: decay rate of the outer momentum, in [0, 1).
-    eps: added to the arithmetic RMS, > 0.
-    sparse_counter: count, per element, only the steps with a nonzero
-      gradient (the paper's sparse counter); if False, divide by the step count.
+    beta: decay rate of the outer momentum, in [0, 1) (default 0.9).
+    eps: added to the arithmetic RMS, finite and > 0 (default 1e-8).
+    sparse_counter: a Python bool (default True): count, per element, only
+      the steps with a nonzero gradient (the paper's sparse counter); if
+      False, divide by the step count.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs` (extra arguments of ``update``,
+    such as ``value``, are accepted and ignored) whose state is a
+    `ScaleByExpectigradState`.
+
+  Raises:
+    ValueError: when a concrete ``beta`` is not in [0, 1), ``eps`` is not
+      finite and > 0 (traced values are not checked), or ``sparse_counter``
+      is not a Python bool.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_extras
+    >>> tx = optax_extras.scale_by_expectigrad()
+    >>> grads = {"w": jnp.array([0.5, 0.0])}
+    >>> state = tx.init(grads)
+    >>> updates, state = tx.update(grads, state)
+    >>> [round(float(u), 4) for u in updates["w"]]
+    [1.0, 0.0]
+
+  References:
+    Daley and Amato, "Expectigrad: Fast Stochastic Optimization with Robust
+    Convergence Properties", 2020, https://arxiv.org/abs/2010.01356;
+    upstream code (`expectigrad.pytorch.Expectigrad`):
+    https://github.com/brett-daley/expectigrad
   """
   _checks.check_decay("beta", beta)
   _checks.check_range("eps", eps, 0.0, float("inf"), low_inclusive=False,
@@ -136,26 +163,41 @@ def scale_by_expectigrad(
 
 def expectigrad(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    beta: float = 0.9,
-    eps: float = 1e-8,
+    beta: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
     sparse_counter: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Expectigrad optimizer, numerically `expectigrad.pytorch.Expectigrad`.
 
-  ``params <- params - learning_rate * scale_by_expectigrad(g)``: see
-  `scale_by_expectigrad` for the rule and its semantic choices. Expectigrad
-  has no weight decay; chain `optax.add_decayed_weights` before it for
-  coupled L2 or after it for decoupled decay. Unlike the reference,
-  ``learning_rate=0`` is allowed (as in optax) and may be an optax schedule.
+  With :math:`\alpha_t` = ``learning_rate`` (a schedule's value at step
+  :math:`t - 1`) and :math:`u_t` the direction of `scale_by_expectigrad`:
+
+  .. math::
+
+    \theta_t = \theta_{t-1} - \alpha_t u_t
+
+  See `scale_by_expectigrad` for the rule of :math:`u_t` and its semantic
+  choices. Expectigrad has no weight decay; chain `optax.add_decayed_weights`
+  before it for coupled L2 or after it for decoupled decay. Unlike the
+  reference, ``learning_rate=0`` is allowed (as in optax) and may be an optax
+  schedule.
 
   Args:
-    learning_rate: a float >= 0 or an optax schedule.
-    beta: decay rate of the outer momentum, in [0, 1).
-    eps: added to the arithmetic RMS, > 0.
-    sparse_counter: count only nonzero gradients, per element.
+    learning_rate: a float >= 0 (default 1e-3) or an optax schedule.
+    beta: decay rate of the outer momentum, in [0, 1) (default 0.9).
+    eps: added to the arithmetic RMS, finite and > 0 (default 1e-8).
+    sparse_counter: a Python bool (default True): count only nonzero
+      gradients, per element.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs` (extra arguments of ``update``,
+    such as ``value``, are accepted and ignored).
+
+  Raises:
+    ValueError: when a concrete ``learning_rate`` is negative or not finite,
+      ``beta`` is not in [0, 1), ``eps`` is not finite and > 0 (schedules and
+      traced values are not checked), or ``sparse_counter`` is not a Python
+      bool.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_extras
@@ -166,6 +208,12 @@ def expectigrad(
     >>> updates, state = tx.update(grads, state, params)
     >>> optax.apply_updates(params, updates)["w"]
     Array([ 0.9, -2. ], dtype=float32)
+
+  References:
+    Daley and Amato, "Expectigrad: Fast Stochastic Optimization with Robust
+    Convergence Properties", 2020, https://arxiv.org/abs/2010.01356;
+    upstream code (`expectigrad.pytorch.Expectigrad`):
+    https://github.com/brett-daley/expectigrad
   """
   _checks.check_learning_rate(learning_rate)
   return optax.chain(

@@ -108,22 +108,69 @@ def _parse_stored_key(key: str) -> tuple[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Learned:
-  """How `hyperoptimize` learns one hyperparameter.
+  r"""How `hyperoptimize` learns one hyperparameter.
+
+  The hyper-level optimizes a stored value :math:`x`; the optimizer below is
+  called with the natural value :math:`h = \mathrm{space}(x)`, and after
+  every hyper-update :math:`h` is clipped to ``bounds`` (:math:`[l, u]`):
+
+  .. math::
+
+    h = \mathrm{space}(x) =
+    \begin{cases}
+      x & \text{identity} \\
+      (\tanh(x) + 1) / 2 & \text{unit\_interval} \\
+      x^2 & \text{square} \\
+      e^x & \text{log}
+    \end{cases}
+    \qquad l \le h \le u
+
+  A plain number given to `hyperoptimize` in place of a `Learned` means
+  ``Learned(number)``. The fields are validated by `hyperoptimize`, which
+  names the hyperparameter in its error.
 
   Attributes:
     init: the initial value in natural space (the value the optimizer is
       called with): a real number (a traced value too, e.g. under
       `optax.inject_hyperparams`), or with ``per_leaf=True`` a number (the
-      same start for every leaf) or a params-shaped tree of numbers.
-    space: how the value is stored, i.e. what the hyper-level optimizes:
-      ``"identity"`` (``h = x``), ``"unit_interval"`` (``h = (tanh(x) + 1)/2``,
-      in (0, 1), gdtuo's clamp for betas), ``"square"`` (``h = x^2``, >= 0,
-      gdtuo's RMSProp alpha) or ``"log"`` (``h = exp(x)``, > 0).
-    per_leaf: one value per parameter leaf instead of one scalar.
-    bounds: ``(low, high)`` in natural space, either may be None. After every
-      hyper-update the stored value is projected onto the stored-space image
-      of the interval (clipping the natural value, exactly, since each space
-      is monotone; for ``"square"`` the stored value is kept >= sqrt(low) >= 0).
+      same start for every leaf) or a params-shaped tree of numbers. It must
+      lie in the space's domain and within ``bounds``.
+    space: how the value is stored, i.e. what the hyper-level optimizes
+      (default ``"identity"``): ``"identity"`` (``h = x``, any finite
+      number), ``"unit_interval"`` (``h = (tanh(x) + 1)/2``, in (0, 1),
+      gdtuo's clamp for betas), ``"square"`` (``h = x^2``, >= 0, gdtuo's
+      RMSProp alpha) or ``"log"`` (``h = exp(x)``, > 0).
+    per_leaf: a Python bool (default False): one value per parameter leaf
+      instead of one scalar.
+    bounds: ``(low, high)`` in natural space, either may be None (default
+      ``(None, None)``: no bounds); each a number in the space's domain,
+      low < high. After every hyper-update the stored value is projected
+      onto the stored-space image of the interval (clipping the natural
+      value, exactly, since each space is monotone; for ``"square"`` the
+      stored value is kept >= sqrt(low) >= 0).
+
+  Raises:
+    ValueError: from `hyperoptimize`, for an unknown ``space``, a
+      ``per_leaf`` that is not a bool, ``bounds`` that are not a
+      ``(low, high)`` tuple of None or numbers in the space's domain with
+      low < high, or an ``init`` that is not a number (a tree of numbers
+      with ``per_leaf``), is outside the space's domain or outside
+      ``bounds``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from optax_extras import hyperoptimize, Learned
+    >>> rate = Learned(0.1, "log", bounds=(1e-4, 1.0))
+    >>> tx = hyperoptimize(optax.sgd, {"learning_rate": rate}, optax.sgd(0.1))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> sorted(state.raw_hyperparams)
+    ['log(learning_rate)']
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (gdtuo's stored spaces of hyperparameters):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
 
   init: Any
@@ -681,6 +728,20 @@ def hyperparameters(opt_state: optax.OptState) -> list[dict[str, Any]]:
 
   Raises:
     ValueError: when ``opt_state`` holds no stack, or several side by side.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo, hyperparameters
+    >>> stack = gdtuo.SGD(1e-3, optimizer=gdtuo.SGD(1e-4))
+    >>> tx = gdtuo.Adam(0.1, optimizer=stack)
+    >>> levels = hyperparameters(tx.init(jnp.zeros(3)))
+    >>> [sorted(level) for level in levels]
+    [['alpha', 'beta1', 'beta2'], ['alpha']]
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code: https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   levels = []
   found = [_the_stack(opt_state)]
@@ -733,12 +794,18 @@ def _replace_stack(tree: Any, values: Mapping[str, Any], level: int) -> Any:
 
 def set_hyperparameters(opt_state: optax.OptState, values: Mapping[str, Any],
                         level: int = 0) -> optax.OptState:
-  """``opt_state`` with learned hyperparameters set to natural values.
+  r"""``opt_state`` with learned hyperparameters set to natural values.
 
-  The inverse of `hyperparameters` for one level: the values are converted
-  to their stored space (``log``, ``atanh(2 h - 1)``, ...), so the next step
-  continues from them (the hyper-level's own state is kept). Bounds are
-  applied at the next hyper-update.
+  The inverse of `hyperparameters` for one level: each natural value
+  :math:`h` is converted to its stored space (``log``, ``atanh(2 h - 1)``,
+  ...; see `Learned`),
+
+  .. math::
+
+    x = \mathrm{space}^{-1}(h),
+
+  so the next step continues from them (the hyper-level's own state is
+  kept). Bounds are applied at the next hyper-update.
 
   Args:
     opt_state: a state holding exactly one `HyperoptimizeState` stack (also
@@ -761,6 +828,11 @@ def set_hyperparameters(opt_state: optax.OptState, values: Mapping[str, Any],
     >>> state = set_hyperparameters(tx.init(jnp.zeros(3)), {"alpha": 0.05})
     >>> float(hyperparameters(state)[0]["alpha"])
     0.05000000074505806
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code: https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _checks.check_range("level", level, 0, math.inf, high_inclusive=False)
   return _replace_stack(opt_state, values, int(level))

@@ -178,22 +178,43 @@ def _adam(alpha, beta1, beta2, eps):
 
 
 def SGD(  # pylint: disable=invalid-name
-    alpha: float = 0.01,
-    mu: float = 0.0,
+    alpha: jax.typing.ArrayLike = 0.01,
+    mu: jax.typing.ArrayLike = 0.0,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's SGD: ``p - alpha * buf``, learning ``alpha`` (and ``mu``).
 
-  Momentum (``buf = g`` on the first step, then ``buf * mu + g``) is used,
-  and ``mu`` learned, only when the constructor's ``mu != 0``, as in gdtuo.
+  With the gradient :math:`g_t`, :math:`\alpha` = ``alpha`` and :math:`\mu`
+  = ``mu`` (the learned values of the step when ``optimizer`` is given):
+
+  .. math::
+
+    b_t &= g_t \text{ at } t = 1, \text{ else } \mu b_{t-1} + g_t
+      \quad (\text{without momentum: } b_t = g_t) \\
+    \theta_t &= \theta_{t-1} - \alpha b_t
+
+  Momentum is used, and ``mu`` learned, only when the constructor's
+  ``mu != 0``, as in gdtuo (an array ``mu``, even a zero one, keeps the
+  momentum buffer, so that `optax.inject_hyperparams` sees one state
+  structure; with ``mu = 0`` the numbers are the same). ``alpha`` and ``mu``
+  are stored and learned as they are (space ``"identity"``).
 
   Args:
-    alpha: the learning rate (stored and learned as it is).
-    mu: the momentum coefficient (stored and learned as it is).
-    optimizer: the level that learns ``alpha`` (and ``mu``); None: fixed.
+    alpha: the learning rate, a finite number (default 0.01).
+    mu: the momentum coefficient, a finite number (default 0.0: no momentum).
+    optimizer: the level that learns ``alpha`` (and ``mu``), e.g.
+      ``gdtuo.SGD(1e-5)`` or another stack; None (default, gdtuo's
+      ``NoOpOptimizer``): both fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState` (`hyperparameters` reads the learned
+    values).
+
+  Raises:
+    ValueError: when a concrete ``alpha`` or ``mu`` is not a finite number,
+      or ``optimizer`` is neither None nor an `optax.GradientTransformation`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -206,6 +227,12 @@ def SGD(  # pylint: disable=invalid-name
     ...   params = params + updates
     >>> round(float(gdtuo.hyperparameters(state)[0]["alpha"]), 6)
     0.179627
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.SGD`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _finite("alpha", alpha)
   _finite("mu", mu)
@@ -228,14 +255,53 @@ def SGDPerParam(  # pylint: disable=invalid-name
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's SGDPerParam: ``p_i - alpha_i * g_i``, one alpha per leaf.
 
+  With :math:`g_t^{(i)}` the gradient of parameter leaf :math:`i` and
+  :math:`\alpha^{(i)}` its alpha (the learned value of the step when
+  ``optimizer`` is given, stored as it is):
+
+  .. math::
+
+    \theta_t^{(i)} = \theta_{t-1}^{(i)} - \alpha^{(i)} g_t^{(i)}
+
+  Unlike gdtuo, every leaf has its own alpha (gdtuo leaves a tensor without
+  an alpha unchanged), and a single float gives every leaf the same start.
+
   Args:
-    alpha: the initial alphas: one float for every leaf, a params-shaped tree
-      of floats, or gdtuo's own form, a list of ``(name, alpha)`` pairs (read
-      as ``dict(pairs)``, the tree of params that are a flat dict).
-    optimizer: the level that learns the alphas; None: fixed.
+    alpha: the initial alphas (no default, as in gdtuo): one finite float for
+      every leaf, a params-shaped tree of finite floats, or gdtuo's own form,
+      a list of ``(name, alpha)`` pairs (read as ``dict(pairs)``, the tree of
+      params that are a flat dict).
+    optimizer: the level that learns the alphas; None (default): fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState` (`hyperparameters` reads the alphas as a
+    params-shaped tree).
+
+  Raises:
+    ValueError: when ``alpha`` is an empty tree or holds a value that is not
+      a finite number, or ``optimizer`` is neither None nor an
+      `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.SGDPerParam({"w": 0.1, "b": 0.2}, optimizer=gdtuo.SGD(0.01))
+    >>> params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(params, state)  # grad of |params|^2 / 2
+    ...   params = {k: params[k] + updates[k] for k in params}
+    >>> alphas = gdtuo.hyperparameters(state)[0]["alpha"]
+    >>> {k: round(float(v), 6) for k, v in alphas.items()}
+    {'b': 0.203277, 'w': 0.179627}
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.SGDPerParam`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   if (isinstance(alpha, (list, tuple)) and alpha
       and all(isinstance(pair, tuple) and len(pair) == 2
@@ -266,19 +332,48 @@ def SGDPerParam(  # pylint: disable=invalid-name
 
 
 def AdaGrad(  # pylint: disable=invalid-name
-    alpha: float = 0.01,
+    alpha: jax.typing.ArrayLike = 0.01,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's AdaGrad: ``G += g^2`` from ``G_0 = 0.1``, learning ``alpha``.
 
-  ``p - alpha * g / sqrt(G + 1e-10)``; ``alpha`` is stored as it is.
+  With the gradient :math:`g_t` and :math:`\alpha` = ``alpha`` (the learned
+  value of the step when ``optimizer`` is given, stored as it is):
+
+  .. math::
+
+    G_t &= G_{t-1} + g_t^2 \quad (G_0 = 0.1) \\
+    \theta_t &= \theta_{t-1} - \alpha \frac{g_t}{\sqrt{G_t + 10^{-10}}}
+
+  ``G_0 = 0.1`` and the ``1e-10`` inside the root are gdtuo's constants.
 
   Args:
-    alpha: the learning rate.
-    optimizer: the level that learns ``alpha``; None: fixed.
+    alpha: the learning rate, a finite number (default 0.01).
+    optimizer: the level that learns ``alpha``; None (default): fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState`.
+
+  Raises:
+    ValueError: when a concrete ``alpha`` is not a finite number, or
+      ``optimizer`` is neither None nor an `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.AdaGrad(0.1)
+    >>> grads = jnp.array([0.3, -0.4])
+    >>> updates, state = tx.update(grads, tx.init(grads))
+    >>> [round(float(u), 4) for u in updates]
+    [-0.0688, 0.0784]
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.AdaGrad`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _finite("alpha", alpha)
   if optimizer is None:
@@ -287,23 +382,59 @@ def AdaGrad(  # pylint: disable=invalid-name
 
 
 def RMSProp(  # pylint: disable=invalid-name
-    alpha: float = 0.01,
-    gamma: float = 0.99,
+    alpha: jax.typing.ArrayLike = 0.01,
+    gamma: jax.typing.ArrayLike = 0.99,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's RMSProp, learning ``alpha`` and ``gamma``.
 
-  ``s = gamma s + (1 - gamma) g^2`` (``s_0 = 0``);
-  ``p - alpha g / sqrt(s + 1e-8)``. ``alpha`` is stored as ``sqrt(alpha)``
-  (so >= 0 is needed) and ``gamma`` as ``atanh(2 gamma - 1)``.
+  With the gradient :math:`g_t`, :math:`\alpha` = ``alpha`` and
+  :math:`\gamma` = ``gamma`` (the learned values of the step when
+  ``optimizer`` is given):
+
+  .. math::
+
+    s_t &= \gamma s_{t-1} + (1 - \gamma) g_t^2 \quad (s_0 = 0) \\
+    \theta_t &= \theta_{t-1} - \alpha \frac{g_t}{\sqrt{s_t + 10^{-8}}}
+
+  As in gdtuo, ``alpha`` is stored (and learned) as :math:`\sqrt{\alpha}`
+  (space ``"square"``) and ``gamma`` as :math:`\mathrm{atanh}(2 \gamma - 1)`
+  (space ``"unit_interval"``), which keep them >= 0 and in (0, 1).
 
   Args:
-    alpha: the learning rate, >= 0.
-    gamma: the decay of ``s``, in (0, 1).
-    optimizer: the level that learns ``alpha`` and ``gamma``; None: fixed.
+    alpha: the learning rate, finite and >= 0 (default 0.01).
+    gamma: the decay of :math:`s`, in (0, 1) (default 0.99).
+    optimizer: the level that learns ``alpha`` and ``gamma``; None
+      (default): fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState`.
+
+  Raises:
+    ValueError: when a concrete ``alpha`` is negative or not finite,
+      ``gamma`` is not in (0, 1), or ``optimizer`` is neither None nor an
+      `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.RMSProp(0.01, optimizer=gdtuo.SGD(1e-3))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(params, state)  # grad of |params|^2 / 2
+    ...   params = params + updates
+    >>> learned = gdtuo.hyperparameters(state)[0]
+    >>> {k: round(float(v), 6) for k, v in sorted(learned.items())}
+    {'alpha': 0.011975, 'gamma': 0.990007}
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.RMSProp`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _checks.check_nonnegative("alpha", alpha)
   _checks.check_range("gamma", gamma, 0.0, 1.0, low_inclusive=False,
@@ -318,19 +449,51 @@ def RMSProp(  # pylint: disable=invalid-name
 
 
 def RMSPropAlpha(  # pylint: disable=invalid-name
-    alpha: float = 0.01,
-    gamma: float = 0.99,
+    alpha: jax.typing.ArrayLike = 0.01,
+    gamma: jax.typing.ArrayLike = 0.99,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's RMSPropAlpha: `RMSProp` learning ``alpha`` only (``gamma`` fixed).
 
+  With the gradient :math:`g_t`, :math:`\alpha` = ``alpha`` (the learned
+  value of the step when ``optimizer`` is given, stored as
+  :math:`\sqrt{\alpha}`) and the fixed :math:`\gamma` = ``gamma``:
+
+  .. math::
+
+    s_t &= \gamma s_{t-1} + (1 - \gamma) g_t^2 \quad (s_0 = 0) \\
+    \theta_t &= \theta_{t-1} - \alpha \frac{g_t}{\sqrt{s_t + 10^{-8}}}
+
   Args:
-    alpha: the learning rate, >= 0 (stored as ``sqrt(alpha)``).
-    gamma: the decay of ``s``, in [0, 1).
-    optimizer: the level that learns ``alpha``; None: fixed.
+    alpha: the learning rate, finite and >= 0 (default 0.01).
+    gamma: the decay of :math:`s`, in [0, 1) (default 0.99; not learned, so
+      0 is allowed, unlike `RMSProp`).
+    optimizer: the level that learns ``alpha``; None (default): fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState`.
+
+  Raises:
+    ValueError: when a concrete ``alpha`` is negative or not finite,
+      ``gamma`` is not in [0, 1), or ``optimizer`` is neither None nor an
+      `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.RMSPropAlpha(0.01, gamma=0.0)
+    >>> grads = jnp.array([0.3, -0.4])
+    >>> updates, state = tx.update(grads, tx.init(grads))
+    >>> [round(float(u), 4) for u in updates]
+    [-0.01, 0.01]
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.RMSPropAlpha`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _checks.check_nonnegative("alpha", alpha)
   _checks.check_decay("gamma", gamma)
@@ -341,32 +504,67 @@ def RMSPropAlpha(  # pylint: disable=invalid-name
 
 
 def Adam(  # pylint: disable=invalid-name
-    alpha: float = 0.001,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    log_eps: float = -8.0,
+    alpha: jax.typing.ArrayLike = 0.001,
+    beta1: jax.typing.ArrayLike = 0.9,
+    beta2: jax.typing.ArrayLike = 0.999,
+    log_eps: jax.typing.ArrayLike = -8.0,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's Adam, learning ``alpha``, ``beta1`` and ``beta2``.
 
-  With ``eps = 10**log_eps`` and its own step count ``t``::
+  With the gradient :math:`g_t`, its own step count :math:`t` (from 1),
+  :math:`\alpha` = ``alpha``, :math:`\beta_1` = ``beta1``, :math:`\beta_2` =
+  ``beta2`` (the learned values of the step when ``optimizer`` is given):
 
-    m = beta1 m + (1 - beta1) g           (m_0 = 0)
-    v = beta2 v + (1 - beta2) g^2         (v_0 = eps, gdtuo's fudge factor)
-    p - alpha (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+  .. math::
+
+    \epsilon &= 10^{\mathrm{log\_eps}} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \quad (m_0 = 0) \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2
+      \quad (v_0 = \epsilon, \text{ gdtuo's fudge factor}) \\
+    \theta_t &= \theta_{t-1} - \alpha \,
+      \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
 
   ``eps`` sits after bias correction (as in `optax.adam`) but ``v`` starts
-  at ``eps``. Betas are stored as ``atanh(2 beta - 1)``.
+  at ``eps``. ``alpha`` is stored as it is, the betas as
+  :math:`\mathrm{atanh}(2 \beta - 1)` (space ``"unit_interval"``, which
+  keeps them in (0, 1)); ``log_eps`` is fixed.
 
   Args:
-    alpha: the learning rate.
-    beta1: decay of the first moment, in (0, 1).
-    beta2: decay of the second moment, in (0, 1).
-    log_eps: ``log10`` of eps (fixed).
-    optimizer: the level that learns the three; None: fixed.
+    alpha: the learning rate, a finite number (default 0.001).
+    beta1: decay of the first moment, in (0, 1) (default 0.9).
+    beta2: decay of the second moment, in (0, 1) (default 0.999).
+    log_eps: ``log10`` of eps, a finite number (default -8.0; fixed).
+    optimizer: the level that learns the three; None (default): fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState`.
+
+  Raises:
+    ValueError: when a concrete ``alpha`` or ``log_eps`` is not a finite
+      number, ``beta1`` or ``beta2`` is not in (0, 1), or ``optimizer`` is
+      neither None nor an `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.Adam(0.1, optimizer=gdtuo.SGD(1e-3))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(params, state)  # grad of |params|^2 / 2
+    ...   params = params + updates
+    >>> learned = gdtuo.hyperparameters(state)[0]
+    >>> {k: round(float(v), 6) for k, v in sorted(learned.items())}
+    {'alpha': 0.105389, 'beta1': 0.900043, 'beta2': 0.999}
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.Adam`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _finite("alpha", alpha)
   _finite("log_eps", log_eps)
@@ -386,23 +584,60 @@ def Adam(  # pylint: disable=invalid-name
 
 
 def AdamBaydin(  # pylint: disable=invalid-name
-    alpha: float = 0.001,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    log_eps: float = -8.0,
+    alpha: jax.typing.ArrayLike = 0.001,
+    beta1: jax.typing.ArrayLike = 0.9,
+    beta2: jax.typing.ArrayLike = 0.999,
+    log_eps: jax.typing.ArrayLike = -8.0,
     optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""gdtuo's AdamBaydin: `Adam` learning ``alpha`` only (betas fixed).
 
+  The rule of `Adam`, with :math:`\alpha` the learned value of the step when
+  ``optimizer`` is given (stored as it is) and the betas fixed:
+
+  .. math::
+
+    \epsilon &= 10^{\mathrm{log\_eps}} \\
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \quad (m_0 = 0) \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \quad (v_0 = \epsilon) \\
+    \theta_t &= \theta_{t-1} - \alpha \,
+      \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+
   Args:
-    alpha: the learning rate.
-    beta1: decay of the first moment, in [0, 1).
-    beta2: decay of the second moment, in [0, 1).
-    log_eps: ``log10`` of eps (fixed).
-    optimizer: the level that learns ``alpha``; None: fixed.
+    alpha: the learning rate, a finite number (default 0.001).
+    beta1: decay of the first moment, in [0, 1) (default 0.9; not learned,
+      so 0 is allowed, unlike `Adam`).
+    beta2: decay of the second moment, in [0, 1) (default 0.999).
+    log_eps: ``log10`` of eps, a finite number (default -8.0; fixed).
+    optimizer: the level that learns ``alpha``; None (default): fixed.
 
   Returns:
-    A `optax.GradientTransformationExtraArgs`.
+    A `optax.GradientTransformationExtraArgs`: the rule alone without
+    ``optimizer``, else a `optax_extras.hyperoptimize` transformation whose
+    state is a `HyperoptimizeState`.
+
+  Raises:
+    ValueError: when a concrete ``alpha`` or ``log_eps`` is not a finite
+      number, ``beta1`` or ``beta2`` is not in [0, 1), or ``optimizer`` is
+      neither None nor an `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_extras import gdtuo
+    >>> tx = gdtuo.AdamBaydin(0.1, optimizer=gdtuo.SGD(1e-3))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(params, state)  # grad of |params|^2 / 2
+    ...   params = params + updates
+    >>> round(float(gdtuo.hyperparameters(state)[0]["alpha"]), 6)
+    0.105389
+
+  References:
+    Chandra, Xie, Ragan-Kelley and Meijer, "Gradient Descent: The Ultimate
+    Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
+    code (`gradient_descent_the_ultimate_optimizer.gdtuo.AdamBaydin`):
+    https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
   _finite("alpha", alpha)
   _finite("log_eps", log_eps)
