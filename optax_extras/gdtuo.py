@@ -86,6 +86,15 @@ def _finite(name: str, value: Any) -> None:
                       low_inclusive=False, high_inclusive=False)
 
 
+def _hyperoptimize(factory, learned, optimizer, fixed=None):
+  """`hyperoptimize` with gdtuo's argument name in the error message."""
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise ValueError(
+        "optimizer must be None or an optax.GradientTransformation (e.g. "
+        f"gdtuo.SGD(1e-5)), got optimizer={optimizer!r}.")
+  return hyperoptimize(factory, learned, optimizer, fixed)
+
+
 def _rule(init_fn, update_fn) -> optax.GradientTransformationExtraArgs:
   def cast_update(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -246,7 +255,7 @@ def SGD(  # pylint: disable=invalid-name
   learned = {"alpha": Learned(alpha)}
   if momentum:
     learned["mu"] = Learned(mu)
-  return hyperoptimize(_sgd, learned, optimizer, {"momentum": momentum})
+  return _hyperoptimize(_sgd, learned, optimizer, {"momentum": momentum})
 
 
 def SGDPerParam(  # pylint: disable=invalid-name
@@ -316,7 +325,7 @@ def SGDPerParam(  # pylint: disable=invalid-name
     for value in jax.tree.leaves(alpha):
       _finite("alpha", value)
   if optimizer is not None:
-    return hyperoptimize(_sgd, {"alpha": Learned(alpha, per_leaf=True)},
+    return _hyperoptimize(_sgd, {"alpha": Learned(alpha, per_leaf=True)},
                          optimizer)
   if _checks.concrete_value(alpha) is not None:
     return _sgd(alpha)
@@ -378,7 +387,7 @@ def AdaGrad(  # pylint: disable=invalid-name
   _finite("alpha", alpha)
   if optimizer is None:
     return _adagrad(alpha)
-  return hyperoptimize(_adagrad, {"alpha": Learned(alpha)}, optimizer)
+  return _hyperoptimize(_adagrad, {"alpha": Learned(alpha)}, optimizer)
 
 
 def RMSProp(  # pylint: disable=invalid-name
@@ -441,7 +450,7 @@ def RMSProp(  # pylint: disable=invalid-name
                       high_inclusive=False)
   if optimizer is None:
     return _rmsprop(alpha, gamma)
-  return hyperoptimize(
+  return _hyperoptimize(
       _rmsprop,
       {"alpha": Learned(alpha, "square"),
        "gamma": Learned(gamma, "unit_interval")},
@@ -499,7 +508,7 @@ def RMSPropAlpha(  # pylint: disable=invalid-name
   _checks.check_decay("gamma", gamma)
   if optimizer is None:
     return _rmsprop(alpha, gamma)
-  return hyperoptimize(_rmsprop, {"alpha": Learned(alpha, "square")},
+  return _hyperoptimize(_rmsprop, {"alpha": Learned(alpha, "square")},
                        optimizer, {"gamma": gamma})
 
 
@@ -574,7 +583,7 @@ def Adam(  # pylint: disable=invalid-name
   eps = 10.0**log_eps
   if optimizer is None:
     return _adam(alpha, beta1, beta2, eps)
-  return hyperoptimize(
+  return _hyperoptimize(
       _adam,
       {"alpha": Learned(alpha),
        "beta1": Learned(beta1, "unit_interval"),
@@ -646,5 +655,5 @@ def AdamBaydin(  # pylint: disable=invalid-name
   eps = 10.0**log_eps
   if optimizer is None:
     return _adam(alpha, beta1, beta2, eps)
-  return hyperoptimize(_adam, {"alpha": Learned(alpha)}, optimizer,
+  return _hyperoptimize(_adam, {"alpha": Learned(alpha)}, optimizer,
                        {"beta1": beta1, "beta2": beta2, "eps": eps})

@@ -200,3 +200,12 @@ def test_sgd_per_param_takes_gdtuo_name_alpha_pairs():
   updates, _ = from_pairs.update(grads, from_pairs.init(params), params)
   np.testing.assert_allclose(updates["w"], -0.05 * np.ones((2, 3)))
   np.testing.assert_allclose(updates["b"], -0.4 * np.ones(3))
+
+
+@pytest.mark.parametrize("constructor", [gdtuo.SGD, gdtuo.SGDPerParam,
+                                         gdtuo.AdaGrad, gdtuo.RMSProp,
+                                         gdtuo.RMSPropAlpha, gdtuo.Adam,
+                                         gdtuo.AdamBaydin])
+def test_optimizer_that_is_not_a_transformation_is_named(constructor):
+  with pytest.raises(ValueError, match="optimizer must be None or an optax"):
+    constructor(0.01, optimizer="sgd")
