@@ -185,7 +185,8 @@ def test_three_level_readout_lists_learned_levels_bottom_first():
         (lambda: gdtuo.SGD(alpha=float("nan")), "alpha.*nan"),
         (lambda: gdtuo.SGDPerParam({}), "alpha"),
         (lambda: gdtuo.SGDPerParam({"w": "x"}), "alpha.*'x'"),
-        (lambda: gdtuo.Adam(optimizer="sgd"), "hyper_optimizer.*'sgd'"),
+        (lambda: gdtuo.Adam(optimizer="sgd"),
+         "optimizer must be None.*optimizer='sgd'"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(build, match):

@@ -212,7 +212,7 @@ def test_writing_lr_overrides_the_learned_rate():
                optax.tree.get(opt.opt_states[0], "prev_direction")]
   opt.step()
   rate = opt.param_groups[0]["lr"]
-  hypergradient = sum(float((g * torch.from_numpy(np.asarray(d))).sum())
+  hypergradient = sum(float((g * torch.from_numpy(np.array(d))).sum())
                       for g, d in zip(grads, direction))
   np.testing.assert_allclose(rate, 0.5 + 1e-3 * hypergradient, rtol=1e-5)
   for p, b, g in zip(model.parameters(), before, grads):
