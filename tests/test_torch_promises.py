@@ -159,7 +159,7 @@ def test_writing_lr_sets_the_natural_rate_of_a_stack(kind):
     params = optax.apply_updates(params, updates)
     with torch.no_grad():
       for p, value in zip(twin.parameters(), params):
-        p.copy_(torch.from_numpy(np.asarray(value)))
+        p.copy_(torch.from_numpy(np.array(value)))
   _assert_close(model, twin, rtol=1e-5)
   learned = float(optax_extras.hyperparameters(state)[0][name])
   assert opt.param_groups[0]["lr"] == pytest.approx(learned, rel=1e-5)
