@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,11 +59,8 @@ def learned_rate_dtype(learning_rate: Any) -> jnp.dtype:
   return jnp.promote_types(jnp.result_type(learning_rate), jnp.float32)
 
 
-def leaf_vdot(a: jax.Array, b: jax.Array, dtype: Any = None) -> jax.Array:
-  """``<a, b>`` of two arrays, summed in `dtype` (default: ``b``'s dtype
-  promoted to at least float32)."""
-  if dtype is None:
-    dtype = jnp.promote_types(b.dtype, jnp.float32)
+def leaf_vdot(a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
+  """``<a, b>`` of two arrays, summed in `dtype`."""
   return jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
 
 

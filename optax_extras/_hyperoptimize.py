@@ -363,12 +363,13 @@ def hypergradient(inner: _Inner, raw: Mapping[str, Any], grads: Any,
                   prev: HyperoptimizeState) -> tuple[dict[str, Any], Any]:
   """``d <g_t, u_{t-1}(space(x))> / dx`` for each stored value ``x``.
 
-  One forward-mode derivative per stored key of the per-leaf contractions of
-  the new gradient with the previous update: XLA computes each tangent and
-  its product with ``g_t`` in one pass over a leaf and stores no tangent. A
-  ``per_leaf`` value needs one derivative for all its leaves, since each
-  leaf's update depends only on its own value. Zero on the first step (there
-  is no previous update).
+  One forward-mode tangent of the previous update per stored key; the k
+  tangents of a leaf are contracted with ``g_t`` together by `_common.vdots`,
+  in one pass that shares their subexpressions and stores no tangent (a
+  plain sum per tangent runs op by op on XLA:CPU: 2.3x slower MLP step). A
+  ``per_leaf`` value needs one tangent for all its leaves, since each leaf's
+  update depends only on its own value. Zero on the first step (there is no
+  previous update).
 
   Returns:
     The hypergradient (keyed like ``raw``) and, per parameter leaf, the sum of

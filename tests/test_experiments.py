@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import numpy as np
-import optax
 import pytest
 from matplotlib import image as mpl_image
 

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from optax_extras.experiments import cli
 from optax_extras.experiments import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -87,7 +87,6 @@ def test_diverged_points_are_marked_and_spread_separately():
 
 
 def test_grid_batches(swept):
-  from optax_extras.experiments import train  # noqa: F401 (flax)
   experiment = studies._experiment(studies.Task(**TASK), studies._load(
       studies.Task(**TASK)), seed=1)
   count = lambda text, key: len(experiment._grid_groups(
