@@ -64,8 +64,10 @@ def leaf_vdot(a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
   return jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
 
 
-def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
-  """``[<a, b> for b in bs]`` as one (k,) array, in one pass over the leaf.
+def partial_vdots(a: jax.Array, *bs: jax.Array,
+                  dtype: Any = None) -> list[tuple[jax.Array, ...]]:
+  """``<a, b>`` for each ``b`` in ``bs``, in one pass over the leaf, as a
+  tuple of scalars whose sum (`total`) is the product.
 
   The ``b`` are typically computed on the fly (tangents, a previous Adam
   direction), and XLA:CPU emits one loop per output array: k separate
@@ -74,16 +76,23 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
   buffers of the leaf's size. Instead one variadic reduction sums each product
   over blocks of 4 consecutive rows (leading-axis entries): one vectorised
   loop that evaluates every ``b`` of an element together and writes k arrays
-  4 times smaller, whose sums finish the products. (With 8 or more rows per
-  block, or a longer reduced axis, XLA:CPU no longer vectorises that loop: 3x
-  slower.) A single ``b`` is reduced as two interleaved halves (groups of 8
-  rows): a reduction of one array goes to YNNPACK together with the whole
-  computation of ``b``, which it runs op by op (measured: a 1.6x slower
-  hyperoptimizer step). Rows are padded with zeros to whole groups; vectors
-  and scalars are first laid out as rows of up to 128. Only the leading axis
-  is split, so a leaf sharded along another axis, or along the leading one
-  in whole groups of rows per device, is reduced where it lies (else XLA
-  gathers the products of that leaf).
+  4 times smaller. (With 8 or more rows per block, or a longer reduced axis,
+  XLA:CPU no longer vectorises that loop: 3x slower.) A single ``b`` is
+  reduced as two interleaved halves (groups of 8 rows): a reduction of one
+  array goes to YNNPACK together with the whole computation of ``b``, which
+  it runs op by op (measured: a 1.6x slower hyperoptimizer step). Rows are
+  padded with zeros to whole groups; vectors and scalars are first laid out as
+  rows of up to 128. A second variadic reduction, one kernel, sums those
+  partial arrays; `total` adds the scalars of many leaves in one more kernel
+  (finishing each product with its own `jnp.sum` and adding them took five
+  small kernels per leaf, which dominated compile time on trees of many
+  leaves).
+  Only the leading axis is split, so a leaf sharded along another axis, or
+  along the leading one in whole groups of rows per device, is reduced where
+  it lies (else XLA gathers the products of that leaf). Across devices the
+  second reduction gathers one partial sum per device and product (XLA's
+  partitioner has no all-reduce for a variadic reduction): k scalars per
+  device, as an all-reduce would move.
 
   Args:
     a: an array.
@@ -92,7 +101,7 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
       promoted to at least float32.
 
   Returns:
-    A (k,) array of dtype ``dtype``.
+    A list of k tuples of scalars of dtype ``dtype``.
   """
   if dtype is None:
     dtype = jnp.promote_types(bs[0].dtype, jnp.float32)
@@ -109,15 +118,31 @@ def vdots(a: jax.Array, *bs: jax.Array, dtype: Any = None) -> jax.Array:
     x = jnp.pad(x, [(0, -x.shape[0] % group)] + [(0, 0)] * (x.ndim - 1))
     return x.reshape(x.shape[0] // group, parts, blocks, *x.shape[1:])
 
+  def add(xs, ys):
+    return tuple(map(jnp.add, xs, ys))
+
   pieces = []
   for b in bs:
     rows = grouped_rows(a.astype(dtype) * b.astype(dtype))
     pieces.extend(rows[:, part] for part in range(parts))
   zeros = tuple(jnp.zeros([], dtype) for _ in pieces)
-  partial_sums = jax.lax.reduce(
-      tuple(pieces), zeros, lambda xs, ys: tuple(map(jnp.add, xs, ys)), (1,))
-  sums = jnp.stack([jnp.sum(p) for p in partial_sums])
-  return jnp.sum(sums.reshape(len(bs), parts), axis=1)
+  partial_sums = jax.lax.reduce(tuple(pieces), zeros, add, (1,))
+  sums = jax.lax.reduce(partial_sums, zeros, add,
+                        tuple(range(partial_sums[0].ndim)))
+  return [tuple(sums[j * parts:(j + 1) * parts]) for j in range(len(bs))]
+
+
+def total(scalars: Any, dtype: Any) -> jax.Array:
+  """The sum of a tree of scalars, in ``dtype``, as one reduction.
+
+  Added one by one, the scalars of many leaves become a chain of small XLA
+  kernels; concatenated (kept apart from the kernels that computed them, so
+  that XLA does not split the sum again) they are summed by one.
+  """
+  leaves = [x.astype(dtype).reshape(1) for x in jax.tree.leaves(scalars)]
+  if not leaves:
+    return jnp.zeros([], dtype)
+  return jnp.sum(jax.lax.optimization_barrier(jnp.concatenate(leaves)))
 
 
 def sum_leaves(tree: Any, dtype: Any) -> jax.Array:

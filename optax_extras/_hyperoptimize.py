@@ -25,10 +25,11 @@ way, so a stack of any height is this construction applied again.
 
 One step of `hyperoptimize`, each piece a function of this module:
 
-1. `hypergradient`: the tangents of the previous update with respect to each
-   stored hyperparameter, contracted with the new gradient.
-2. `advance_inner_state`: the optimizer below is kept one step behind; its
-   state after the last step is recomputed from the stored one.
+1. `previous_update_tangents`: the tangents of the previous update with
+   respect to each stored hyperparameter; the optimizer below is kept one
+   step behind, and its state after the last step is their primal.
+2. `hypergradient`: the tangents contracted with the new gradient;
+   `advance_inner_state` takes the recomputed state.
 3. `hyper_step`: the hyper-level's update of the stored hyperparameters,
    projected onto their bounds, rejected when not finite.
 4. The optimizer below steps with the new hyperparameters.
@@ -359,59 +360,75 @@ def natural_values(raw: Mapping[str, Any]) -> dict[str, Any]:
   return values
 
 
-def hypergradient(inner: _Inner, raw: Mapping[str, Any], grads: Any,
-                  prev: HyperoptimizeState) -> tuple[dict[str, Any], Any]:
-  """``d <g_t, u_{t-1}(space(x))> / dx`` for each stored value ``x``.
+def previous_update_tangents(inner: _Inner, raw: Mapping[str, Any],
+                             prev: HyperoptimizeState
+                             ) -> tuple[dict[str, Any], optax.OptState]:
+  """The tangents ``d u_{t-1} / d x`` of the previous update, one per stored
+  value ``x`` (along ones: per leaf, each leaf's own), and the optimizer's
+  state after that update (the jvp's primal, computed once).
 
-  One forward-mode tangent of the previous update per stored key; the k
-  tangents of a leaf are contracted with ``g_t`` together by `_common.vdots`,
-  in one pass that shares their subexpressions and stores no tangent (a
-  plain sum per tangent runs op by op on XLA:CPU: 2.3x slower MLP step). A
-  ``per_leaf`` value needs one tangent for all its leaves, since each leaf's
-  update depends only on its own value. Zero on the first step (there is no
-  previous update).
-
-  Returns:
-    The hypergradient (keyed like ``raw``) and, per parameter leaf, the sum of
-    that leaf's contractions (what `order_inner_state` orders after).
+  Traced, never materialized: `hypergradient` contracts them as they are
+  computed.
   """
 
-  def tangent(key):
-    """d u_{t-1} / d raw[key] along ones (per leaf: each leaf's own)."""
-    def previous_update(value):
-      return inner.update(natural_values({**raw, key: value}), prev.prev_grad,
-                          prev.prev_inner_state, prev.prev_params)[0]
-    ones = jax.tree.map(jnp.ones_like, raw[key])
-    return jax.jvp(previous_update, (raw[key],), (ones,))[1]
+  def previous_update(key, value):
+    return inner.update(natural_values({**raw, key: value}), prev.prev_grad,
+                        prev.prev_inner_state, prev.prev_params)
 
+  tangents, state = {}, None
+  for key in raw:
+    ones = jax.tree.map(jnp.ones_like, raw[key])
+    _, tangents[key], state = jax.jvp(
+        lambda value, key=key: previous_update(key, value), (raw[key],),
+        (ones,), has_aux=True)
+  return tangents, state
+
+
+def hypergradient(inner: _Inner, raw: Mapping[str, Any],
+                  tangents: Mapping[str, Any], grads: Any,
+                  first_step: jax.Array) -> tuple[dict[str, Any], Any]:
+  """``d <g_t, u_{t-1}(space(x))> / dx`` for each stored value ``x``.
+
+  The k tangents of a leaf are contracted with ``g_t`` together by
+  `_common.partial_vdots`, in one pass that shares their subexpressions and stores
+  no tangent (a plain sum per tangent runs op by op on XLA:CPU: 2.3x slower
+  MLP step). A ``per_leaf`` value needs one tangent for all its leaves, since
+  each leaf's update depends only on its own value. Zero on the first step
+  (there is no previous update).
+
+  Returns:
+    The hypergradient (keyed like ``raw``) and, per parameter leaf, a scalar
+    computed by that leaf's contraction (what `order_inner_state` orders
+    after).
+  """
   keys = list(raw)
-  # One (k,) vector of <g, d u / d x_j> per leaf: the k tangents are
-  # evaluated together in one pass and never stored (see `_common.vdots`).
-  per_leaf = jax.tree.map(_common.vdots, grads, *[tangent(k) for k in keys])
-  first_step = prev.count == 0
+  grad_leaves, treedef = jax.tree.flatten(grads)
+  tangent_leaves = [treedef.flatten_up_to(tangents[key]) for key in keys]
+  # Per leaf, the k products <g, d u / d x_key>, as partial sums (see
+  # `_common.partial_vdots`).
+  dots = [_common.partial_vdots(g, *leaf_tangents)
+          for g, *leaf_tangents in zip(grad_leaves, *tangent_leaves)]
   result = {}
   for j, key in enumerate(keys):
     value = raw[key]
+    per_leaf = treedef.unflatten([leaf[j] for leaf in dots])
     if _parse_stored_key(key)[0] in inner.per_leaf:
-      total = jax.tree.map(lambda x, dots, j=j: dots[j].astype(x.dtype),
-                           value, per_leaf)
+      total = jax.tree.map(lambda x, d: sum(d).astype(x.dtype), value,
+                           per_leaf)
     else:
-      total = _common.sum_leaves(
-          jax.tree.map(lambda dots, j=j: dots[j], per_leaf), value.dtype)
+      total = _common.total(per_leaf, value.dtype)
     result[key] = jax.tree.map(
         lambda t: jnp.where(first_step, jnp.zeros_like(t), t), total)
-  return result, jax.tree.map(jnp.sum, per_leaf)
+  return result, treedef.unflatten([leaf[0][0] for leaf in dots])
 
 
-def advance_inner_state(inner: _Inner, raw: Mapping[str, Any],
+def advance_inner_state(recomputed: optax.OptState,
                         prev: HyperoptimizeState) -> optax.OptState:
-  """The optimizer below's state after the last step (as stored before it
-  on the first step), recomputed with the hyperparameters it used."""
-  _, state = inner.update(natural_values(raw), prev.prev_grad,
-                          prev.prev_inner_state, prev.prev_params)
+  """The optimizer below's state after the last step: ``recomputed`` (by
+  `previous_update_tangents`), or as stored on the first step."""
   return jax.tree.map(
       lambda old, new: jnp.where(prev.count == 0, old, new),
-      prev.prev_inner_state, state)
+      prev.prev_inner_state, recomputed)
 
 
 def _state_per_param_leaf(inner: _Inner, state: Any, treedef: Any) -> list:
@@ -673,9 +690,11 @@ def hyperoptimize(
           "update(grads, state, params) with params.")
     raw = state.raw_hyperparams
     treedef = jax.tree.structure(updates)
-    hypergrad, partials = hypergradient(inner, raw, updates, state)
+    tangents, recomputed = previous_update_tangents(inner, raw, state)
+    hypergrad, partials = hypergradient(inner, raw, tangents, updates,
+                                        state.count == 0)
     inner_state = order_inner_state(
-        inner, partials, advance_inner_state(inner, raw, state),
+        inner, partials, advance_inner_state(recomputed, state),
         state.prev_inner_state, treedef)
     raw, hyper_state = hyper_step(hyper_optimizer, hypergrad, raw,
                                   state.hyper_state, stored_bounds)
