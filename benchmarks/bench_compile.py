@@ -9,7 +9,11 @@ against optax.adam at the same N (ratios, not absolute times, are
 comparable). From the optimized HLO: the number of full copies of a
 donated leaf (64x64 float32) in the entry computation (0 when every donated
 buffer is updated in place) and XLA's temporary bytes
-(``compiled.memory_analysis()``).
+(``compiled.memory_analysis()``), and the XLA kernels per leaf (every
+instruction of the entry computation that runs code: fusions, copies,
+reductions; on XLA:CPU, with no multi-output fusion, each writes one array).
+Compile time is split into tracing and lowering in Python (``lower``) and
+XLA's compilation.
 
 A transformation whose compile time, extrapolated along the growth measured
 at the last two leaf counts, would exceed --max-compile seconds is skipped at
@@ -84,8 +88,20 @@ def donated_leaf_copies(hlo_text: str) -> int:
              if f"= {shape}" in line and donated.search(line))
 
 
+NOT_KERNELS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
+
+
+def kernels(hlo_text: str) -> int:
+  """Instructions of the entry computation that run code (see above)."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  opcodes = re.findall(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][\w-]*)\(", entry,
+                       re.MULTILINE)
+  return sum(1 for opcode in opcodes if opcode not in NOT_KERNELS)
+
+
 def compile_step(tx, params, grads):
-  """The compiled donated step, its compile seconds and its HLO facts."""
+  """The compiled donated step, its compile and lowering seconds and its HLO
+  facts."""
   state = tx.init(params)
 
   def step(params, state, grads):
@@ -93,12 +109,15 @@ def compile_step(tx, params, grads):
     return optax.apply_updates(params, updates), state
 
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-      params, state, grads).compile()
+  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads)
+  lowering = time.perf_counter() - start
+  compiled = lowered.compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp = getattr(memory, "temp_size_in_bytes", float("nan"))
-  return compiled, state, seconds, donated_leaf_copies(compiled.as_text()), temp
+  hlo = compiled.as_text()
+  return (compiled, state, seconds, lowering, donated_leaf_copies(hlo), temp,
+          kernels(hlo))
 
 
 def runner(compiled, params, state, grads):
@@ -126,7 +145,8 @@ def predicted_compile(history: list[tuple[int, float]], leaves: int) -> float:
 
 
 def measure_leaf_count(names, leaves, history, args):
-  """Rows {name: (compile s, step s, copies, temp bytes)} at one leaf count."""
+  """Rows {name: [compile s, step s, copies, temp bytes, lowering s,
+  kernels]} at one leaf count."""
   params = make_tree(leaves, seed=0)
   grads = make_tree(leaves, seed=1, scale=1e-2)
   rows, runners = {}, {}
@@ -135,12 +155,13 @@ def measure_leaf_count(names, leaves, history, args):
       print(f"  {name}: skipped (compile predicted > {args.max_compile} s)",
             flush=True)
       continue
-    compiled, state, seconds, copies, temp = compile_step(
+    compiled, state, seconds, lowering, copies, temp, count = compile_step(
         CANDIDATES[name](), params, grads)
     history[name].append((leaves, seconds))
-    print(f"  {name}: compile {seconds:.2f} s, {copies} copies, "
-          f"temp {temp / 2**20:.2f} MiB", flush=True)
-    rows[name] = [seconds, math.nan, copies, temp]
+    print(f"  {name}: compile {seconds:.2f} s ({lowering:.2f} s lowering), "
+          f"{copies} copies, temp {temp / 2**20:.2f} MiB, {count} kernels",
+          flush=True)
+    rows[name] = [seconds, math.nan, copies, temp, lowering, count]
     runners[name] = runner(compiled, params, state, grads)
   times = round_robin_medians(runners, args.steps, args.repeats)
   for name, seconds in times.items():
@@ -167,21 +188,23 @@ def report(results, history, names, args) -> str:
       f"{args.repeats} round-robin rounds of {args.steps} steps. Ratios are "
       f"to {BASELINE} at the same leaf count, measured in the same run.",
       "",
-      "| transform | leaves | compile s | compile / adam | step ms | "
-      "step / adam | copies of a donated leaf | XLA temp MiB |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| transform | leaves | compile s | of which lowering s | "
+      "compile / adam | step ms | step / adam | XLA kernels / leaf | "
+      "copies of a donated leaf | XLA temp MiB |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for name in names:
     for leaves, rows in results.items():
       if name not in rows:
-        lines.append(f"| {name} | {leaves} | skipped | | | | | |")
+        lines.append(f"| {name} | {leaves} | skipped | | | | | | | |")
         continue
-      compile_s, step_s, copies, temp = rows[name]
+      compile_s, step_s, copies, temp, lowering, count = rows[name]
       base = rows.get(BASELINE, [math.nan, math.nan])
       lines.append(
-          f"| {name} | {leaves} | {compile_s:.2f} | "
+          f"| {name} | {leaves} | {compile_s:.2f} | {lowering:.2f} | "
           f"{compile_s / base[0]:.2f}x | {step_s * 1e3:.3f} | "
-          f"{step_s / base[1]:.2f}x | {copies} | {temp / 2**20:.2f} |")
+          f"{step_s / base[1]:.2f}x | {count / leaves:.1f} | {copies} | "
+          f"{temp / 2**20:.2f} |")
   lines += [
       "",
       "Compile-time growth exponent (log-log slope, first to last leaf "
