@@ -107,8 +107,8 @@ def _add_task(command: argparse.ArgumentParser, default_optimizers: str | None):
   group = command.add_argument_group(
       "several hosts (JAX's multi-controller runtime, "
       "jax.distributed.initialize; every process loads the same data, "
-      "--devices counts the devices of all processes, process 0 writes "
-      "the files)")
+      "--devices is the count of the devices of all processes, process 0 "
+      "writes the files)")
   group.add_argument("--coordinator-address", metavar="HOST:PORT")
   group.add_argument("--num-processes", type=_positive_int, metavar="N")
   group.add_argument("--process-id", type=int, metavar="I")
@@ -203,8 +203,17 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   if check_distributed(args.coordinator_address, args.num_processes,
                        args.process_id):
     import jax
+    # CPU devices of several processes talk through gloo (other platforms
+    # use their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator_address, args.num_processes,
                                args.process_id)
+    if args.devices != jax.device_count():
+      raise _UsageError(
+          f"--devices {args.devices}: with --num-processes "
+          f"{args.num_processes} every device of every process takes part; "
+          f"give --devices {jax.device_count()} (the devices of all "
+          "processes)")
   task = {k: getattr(args, k) for k in (
       "task", "dataset", "data_dir", "epochs", "batch_size", "devices",
       "hidden_size", "hidden_layers", "channels", "init")}
@@ -214,6 +223,13 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   return args.out or results.next_run_dir(base), task
 
 
+def _writes(out: str | None, args: argparse.Namespace) -> str:
+  if out is None:
+    return (f"process {args.process_id} of {args.num_processes}: process 0 "
+            "writes the files")
+  return f"writing {out}"
+
+
 def _compare(args: argparse.Namespace) -> int:
   from optax_extras.experiments import results, studies
   options.parse(args.optimizers)
@@ -221,13 +237,15 @@ def _compare(args: argparse.Namespace) -> int:
   import jax
   print(f"{args.task} on {args.dataset}, {args.epochs} epochs of batches of "
         f"{args.batch_size}, {args.init} initial weights, on {args.devices} "
-        f"{jax.devices()[0].platform} device(s); writing {out}", flush=True)
+        f"{jax.devices()[0].platform} device(s); {_writes(out, args)}",
+        flush=True)
   run = studies.compare(args.optimizers, seed=args.seed, out=out,
                         overwrite=args.overwrite, progress=not args.quiet,
                         **task)
   print(results.table(run.results))
-  print(f"wrote {out}: one CSV per optimizer, summary.csv, summary.json, "
-        "paper.png, log_loss.png")
+  if out is not None:
+    print(f"wrote {out}: one CSV per optimizer, summary.csv, summary.json, "
+          "paper.png, log_loss.png")
   return 0
 
 
@@ -238,7 +256,7 @@ def _sweep(args: argparse.Namespace) -> int:
   out, task = _start(args)
   print(f"sweep of {args.grid} over {len(choices)} optimizer(s) and seeds "
         f"{','.join(map(str, args.seeds))} on {args.task}/{args.dataset}, "
-        f"{args.epochs} epochs; writing {out}", flush=True)
+        f"{args.epochs} epochs; {_writes(out, args)}", flush=True)
   run = studies.sweep(args.optimizers, args.grid, seeds=args.seeds, out=out,
                       overwrite=args.overwrite, progress=not args.quiet,
                       batched=not args.no_vmap, **task)
@@ -247,7 +265,9 @@ def _sweep(args: argparse.Namespace) -> int:
           for label, s in run.spreads.items()]
   print(results.aligned(("optimizer", "spread max/min", "non-diverged",
                          "not diverged"), body))
-  print(f"wrote {out}: sweep.csv, summary.csv, summary.json, robustness.png")
+  if out is not None:
+    print(f"wrote {out}: sweep.csv, summary.csv, summary.json, "
+          "robustness.png")
   return 0
 
 
