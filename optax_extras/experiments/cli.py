@@ -208,7 +208,7 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator_address, args.num_processes,
                                args.process_id)
-    if args.devices != jax.device_count():
+    if args.num_processes > 1 and args.devices != jax.device_count():
       raise _UsageError(
           f"--devices {args.devices}: with --num-processes "
           f"{args.num_processes} every device of every process takes part; "
