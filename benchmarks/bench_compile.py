@@ -88,17 +88,6 @@ def donated_leaf_copies(hlo_text: str) -> int:
              if f"= {shape}" in line and donated.search(line))
 
 
-NOT_KERNELS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
-
-
-def kernels(hlo_text: str) -> int:
-  """Instructions of the entry computation that run code (see above)."""
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
-  opcodes = re.findall(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][\w-]*)\(", entry,
-                       re.MULTILINE)
-  return sum(1 for opcode in opcodes if opcode not in NOT_KERNELS)
-
-
 def compile_step(tx, params, grads):
   """The compiled donated step, its compile and lowering seconds and its HLO
   facts."""
@@ -117,7 +106,7 @@ def compile_step(tx, params, grads):
   temp = getattr(memory, "temp_size_in_bytes", float("nan"))
   hlo = compiled.as_text()
   return (compiled, state, seconds, lowering, donated_leaf_copies(hlo), temp,
-          kernels(hlo))
+          len(common.entry_kernels(hlo)))
 
 
 def runner(compiled, params, state, grads):

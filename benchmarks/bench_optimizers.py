@@ -11,6 +11,14 @@ are not. The copy bandwidth is that of a donated in-place scaling
 STREAM "scale" kernel), timed in the same rounds; each transform's GB/s is
 given as a fraction of it.
 
+The roofline of what XLA:CPU allows: "kernel bytes" are the bytes the
+compiled step's kernels read and write (`common.entry_kernels`: every
+operand and output of every fusion, copy and reduction, whole). XLA:CPU
+writes one array per kernel (no multi-output fusion), so a step usually moves
+more than the least traffic (Adam itself: 10 params-sized arrays for 7); a
+transform whose kernel bytes per second match Adam's runs as fast as its
+program's traffic allows, and its gap to Adam is that extra traffic.
+
 Sizes: 1.1M float32 parameters in 4 leaves, the same in bfloat16, and 18.9M
 float32 parameters in 66 leaves (16 of 2048x512, 8 of 512x512, 42 vectors of
 512). Peak memory: XLA's own accounting of the compiled step at 50M float32
@@ -72,10 +80,13 @@ def step_fn(tx):
 
 
 def make_jax_runner(tx, params, grads):
-  """A runner of the donated step and the bytes one step must move."""
-  step = step_fn(tx)
+  """A runner of the donated step, the bytes one step must move and the
+  bytes its compiled kernels move."""
   params = jax.tree.map(jnp.copy, params)
   state = tx.init(params)
+  step = step_fn(tx).lower(params, state, grads).compile()
+  kernel_bytes = sum(written + read for _, written, read
+                     in common.entry_kernels(step.as_text()))
   moved = 2 * tree_bytes(params) + tree_bytes(grads) + 2 * tree_bytes(state)
   carry = [params, state]
 
@@ -84,7 +95,7 @@ def make_jax_runner(tx, params, grads):
       carry[:] = step(carry[0], carry[1], grads)
     jax.block_until_ready(carry)
 
-  return run, moved
+  return run, moved, kernel_bytes
 
 
 def make_copy_runner(params):
@@ -108,28 +119,29 @@ def make_tree(shapes, dtype, seed, scale=1.0):
 
 
 def measure_size(shapes, dtype, args, extra_runners=None):
-  """Rows {name: (seconds per step, bytes moved, state bytes)} for one size,
-  and {name: seconds per step} of ``extra_runners``, timed in the same
-  round-robin rounds."""
+  """Rows {name: (seconds per step, bytes moved, state bytes, kernel bytes)}
+  for one size, and {name: seconds per step} of ``extra_runners``, timed in
+  the same round-robin rounds."""
   params = make_tree(shapes, dtype, seed=0)
   grads = make_tree(shapes, dtype, seed=1, scale=1e-2)
-  runners, moved, state_bytes = {}, {}, {}
+  runners, moved, state_bytes, kernel_bytes = {}, {}, {}, {}
   runners[COPY], moved[COPY] = make_copy_runner(params)
-  state_bytes[COPY] = 0
+  state_bytes[COPY], kernel_bytes[COPY] = 0, moved[COPY]
   for name, tx in jax_candidates().items():
-    runners[name], moved[name] = make_jax_runner(tx, params, grads)
+    runners[name], moved[name], kernel_bytes[name] = make_jax_runner(
+        tx, params, grads)
     state_bytes[name] = tree_bytes(tx.init(params))
   steps = max(1, args.steps * 1_200_000 // sum(a.size for a in params))
   seconds = round_robin_medians({**runners, **(extra_runners or {})}, steps,
                                 args.rounds)
-  rows = {name: (seconds[name], moved[name], state_bytes[name])
-          for name in runners}
+  rows = {name: (seconds[name], moved[name], state_bytes[name],
+                 kernel_bytes[name]) for name in runners}
   return rows, {name: seconds[name] for name in extra_runners or {}}
 
 
 def size_table(label, rows) -> list[str]:
-  adam_s, adam_moved, _ = rows[BASELINE]
-  copy_s, copy_moved, _ = rows[COPY]
+  adam_s, adam_moved, _, adam_kernel_bytes = rows[BASELINE]
+  copy_s, copy_moved, _, _ = rows[COPY]
   copy_rate = copy_moved / copy_s
   lines = [
       f"### {label}",
@@ -139,18 +151,22 @@ def size_table(label, rows) -> list[str]:
       "",
       "| transform | state / params bytes | bytes moved / step | ms / step "
       "| time / optax.adam | per byte / optax.adam's | GB/s "
-      "| fraction of copy bandwidth |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| fraction of copy bandwidth | kernel bytes / bytes moved "
+      "| kernel bytes per second / optax.adam's |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   params_bytes = (adam_moved - 2 * rows[BASELINE][2]) / 3
-  for name, (seconds, moved, state) in rows.items():
+  adam_kernel_rate = adam_kernel_bytes / adam_s
+  for name, (seconds, moved, state, kernel_bytes) in rows.items():
     if name == COPY:
       continue
     per_byte = (seconds / moved) / (adam_s / adam_moved)
     lines.append(
         f"| {name} | {state / params_bytes:.2f} | {moved:,} | "
         f"{seconds * 1e3:.2f} | {seconds / adam_s:.2f} | {per_byte:.2f} | "
-        f"{moved / seconds / 1e9:.1f} | {moved / seconds / copy_rate:.2f} |")
+        f"{moved / seconds / 1e9:.1f} | {moved / seconds / copy_rate:.2f} | "
+        f"{kernel_bytes / moved:.2f} | "
+        f"{kernel_bytes / seconds / adam_kernel_rate:.2f} |")
   return lines + [""]
 
 

@@ -11,6 +11,7 @@ import argparse
 import os
 import pathlib
 import platform
+import re
 import shlex
 import sys
 
@@ -84,3 +85,44 @@ def emit(report: str, args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     print(f"wrote {out}")
+
+
+_NOT_KERNELS = {"parameter", "constant", "tuple", "get-tuple-element",
+                "bitcast"}
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2,
+               "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
+               "u64": 8}
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w-]*)\((.*?)\)(?:,|$)")
+_ARRAY_TYPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+
+
+def _type_bytes(type_text: str) -> int:
+  """Bytes of an HLO type: ``f32[64,64]{1,0}`` or a tuple of them."""
+  total = 0
+  for dtype, dims in _ARRAY_TYPE.findall(type_text):
+    size = 1
+    for dim in filter(None, dims.split(",")):
+      size *= int(dim)
+    total += size * _ITEM_BYTES.get(dtype, 4)
+  return total
+
+
+def entry_kernels(hlo_text: str) -> list[tuple[str, int, int]]:
+  """The kernels of a compiled module's entry computation: instructions that
+  run code (fusions, copies, reductions; not parameters, constants, tuples,
+  bitcasts), as ``(opcode, bytes written, bytes read)``: each kernel's
+  output and operands, whole (XLA:CPU writes one array per kernel)."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  types, found = {}, []
+  for line in entry.splitlines():
+    match = _INSTRUCTION.match(line)
+    if not match:
+      continue
+    name, type_text, opcode, operands = match.groups()
+    types[name] = _type_bytes(type_text)
+    if opcode not in _NOT_KERNELS:
+      names = re.findall(r"%([\w.\-]+)", operands)
+      found.append((opcode, types[name],
+                    sum(types.get(operand, 0) for operand in names)))
+  return found
