@@ -60,7 +60,16 @@ def learned_rate_dtype(learning_rate: Any) -> jnp.dtype:
 
 
 def leaf_vdot(a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
-  """``<a, b>`` of two arrays, summed in `dtype`."""
+  """``<a, b>`` of two arrays, summed in `dtype`.
+
+  A plain `jnp.sum` of the product for float32/float64 leaves (XLA:CPU hands
+  it to YNNPACK, which compiles quickly); for narrower floats, whose products
+  would be materialised in `dtype` for YNNPACK (two params-sized float32
+  copies and, for a donated operand, a copy of it), `partial_vdots`, which
+  converts element by element inside its own loop.
+  """
+  if jnp.dtype(a.dtype).itemsize < 4 or jnp.dtype(b.dtype).itemsize < 4:
+    return sum(partial_vdots(a, b, dtype=dtype)[0])
   return jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
 
 
@@ -158,7 +167,9 @@ def ordered_after(value: jax.Array, new: Any, old: Any) -> Any:
   buffer in place, XLA copies the whole buffer first. Selecting `new` on
   ``value * 0 > 1`` (False for every value, NaN and infinities included)
   makes the write depend on `value`, so no copy is needed. `old` is the tree
-  `new` replaces (same structure); it is never selected.
+  `new` replaces (same structure); it is never selected, but read: with a
+  constant in its place (measured) XLA no longer writes the new state over
+  the old in place, and copies it.
 
   Use it per parameter leaf, with `value` computed from that leaf alone (its
   own partial dot product): a scalar computed from every leaf is cheap
