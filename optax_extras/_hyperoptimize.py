@@ -405,9 +405,16 @@ def hypergradient(inner: _Inner, raw: Mapping[str, Any],
   grad_leaves, treedef = jax.tree.flatten(grads)
   tangent_leaves = [treedef.flatten_up_to(tangents[key]) for key in keys]
   # Per leaf, the k products <g, d u / d x_key>, as partial sums (see
-  # `_common.partial_vdots`).
-  dots = [_common.partial_vdots(g, *leaf_tangents)
-          for g, *leaf_tangents in zip(grad_leaves, *tangent_leaves)]
+  # `_common.partial_vdots`). Each leaf's contraction is ordered after the
+  # previous leaf's: the arrays of partial sums (k/4 of the leaf) are then
+  # live one leaf at a time, not all together (a temporary of 0.75x the
+  # params for k = 3, measured; 30 MB instead of 150 MB at 50M parameters).
+  dots, after = [], None
+  for g, *leaf_tangents in zip(grad_leaves, *tangent_leaves):
+    if after is not None:
+      g = _common.ordered_after(after, g, jnp.zeros_like(g))
+    dots.append(_common.partial_vdots(g, *leaf_tangents))
+    after = dots[-1][0][0]
   result = {}
   for j, key in enumerate(keys):
     value = raw[key]
@@ -594,8 +601,11 @@ def hyperoptimize(
   * Memory: the optimizer below is stored one step behind (its state before
     the last step and the last gradient), so the state is that optimizer's
     plus one params-sized tree (plus the previous params with
-    ``needs_params``). Compute per step: one tangent pass per learned name,
-    one recomputation of the optimizer's previous state, and its update; the
+    ``needs_params``); XLA's temporaries are k/4 of the largest leaf for k
+    learned names (partial sums of the contraction), not params-sized. Compute
+    per step: one pass per leaf that evaluates the previous update and its
+    tangents (one per learned name) and contracts them with the gradient, one
+    recomputation of the optimizer's previous state, and its update; the
     model is never touched. The first step computes a hypergradient too and
     discards it (a select, not a `jax.lax.cond`).
   * A hyper-update whose hypergradient, or whose new value (stored or

@@ -190,6 +190,33 @@ def test_stack_matches_oracle_from_definition(case):
     assert (state.prev_params is not None) == (case == "lion_weight_decay")
 
 
+@pytest.mark.parametrize("learned", [1, 3])
+def test_step_needs_no_params_sized_temporary(learned):
+  """XLA's temporaries of a donated stack step are the partial sums of one
+  leaf's contraction at a time (k/4 of a leaf for k learned names), not of
+  every leaf at once."""
+  leaf = jax.ShapeDtypeStruct((512, 256), jnp.float32)
+  params = [leaf] * 8
+  names = ("learning_rate", "b1", "b2")[:learned]
+  spaces = {"learning_rate": "log", "b1": "unit_interval",
+            "b2": "unit_interval"}
+  inits = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}
+  tx = hyperoptimize(optax.adam,
+                     {k: Learned(inits[k], spaces[k]) for k in names},
+                     optax.sgd(1e-5))
+  state = jax.eval_shape(tx.init, params)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+      params, state, params).compile()
+  leaf_bytes = 512 * 256 * 4
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp <= learned / 4 * leaf_bytes + 2**16, temp / leaf_bytes
+
+
 def test_hypergradient_is_exact_on_leaves_of_every_size():
   """Leaves that fill whole blocks of the contraction, need padding, are
   scalars or are empty (see `_common.vdots`), against the oracle in float64."""
