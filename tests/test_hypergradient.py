@@ -597,3 +597,21 @@ def test_sgd_hd_leaf_updates_read_the_learned_rate_computed_once(bounds):
   tx = optax_extras.sgd_hd(1e-3, hypergrad_lr=1e-4, momentum=0.9,
                            nesterov=True, learning_rate_bounds=bounds)
   assert _fusions_reading_a_scalar_per_leaf(tx, num_leaves=40) <= 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("shape", [(64, 32), (5, 7, 9), (48,), ()])
+def test_dot_products_of_low_precision_leaves_are_summed_in_float32(dtype,
+                                                                    shape):
+  """The hypergradient's dot product of a leaf (YNNPACK for float32, our own
+  blocked loop for narrower floats) equals the float64 sum of the exactly
+  upcast values, to float32 accuracy."""
+  from optax_extras import _common  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  a = jnp.asarray(rng.normal(size=shape), dtype)
+  b = jnp.asarray(rng.normal(size=shape), dtype)
+  got = jax.jit(lambda a, b: _common.leaf_vdot(a, b, jnp.float32))(a, b)
+  expected = np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64))
+  assert got.dtype == jnp.float32
+  scale = np.sum(np.abs(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
+  assert abs(float(got) - expected) <= 1e-6 * scale + 1e-30
