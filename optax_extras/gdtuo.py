@@ -104,6 +104,21 @@ def _rule(init_fn, update_fn) -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(init_fn, cast_update)
 
 
+def _map_leaves(leaf_fn, scalars, *trees):
+  """``leaf_fn(*leaves, *scalars)`` for each leaf, unzipped into trees.
+
+  ``leaf_fn`` is jitted: JAX traces it once per leaf shape and dtype (and
+  `hyperoptimize`'s tangents of it once too), where a `jax.tree.map` of
+  the same code traces it for every leaf: tracing and lowering of a stack
+  over many leaves were 2x faster (XLA inlines the calls; the compiled
+  step is the same).
+  """
+  leaves, treedef = jax.tree.flatten(trees[0])
+  others = [treedef.flatten_up_to(tree) for tree in trees[1:]]
+  results = [leaf_fn(*leaf, *scalars) for leaf in zip(leaves, *others)]
+  return tuple(treedef.unflatten(list(x)) for x in zip(*results))
+
+
 def _sgd(alpha, mu=0.0, *, momentum: bool = False):
   """``buf = g`` then ``buf * mu + g`` (with momentum); ``p - buf * alpha``."""
 
@@ -127,10 +142,13 @@ def _adagrad(alpha, eps=1e-10):
     return AdaGradState(jax.tree.map(lambda p: jnp.zeros_like(p) + 1e-1,
                                      params))
 
+  @jax.jit
+  def leaf_step(g, big_g, alpha, eps):
+    big_g = big_g + jnp.square(g)
+    return -(alpha * g / jnp.sqrt(big_g + eps)), big_g
+
   def update_fn(grads, state):
-    big_g = jax.tree.map(lambda s, g: s + jnp.square(g), state.G, grads)
-    updates = jax.tree.map(lambda g, s: -(alpha * g / jnp.sqrt(s + eps)),
-                           grads, big_g)
+    updates, big_g = _map_leaves(leaf_step, (alpha, eps), grads, state.G)
     return updates, AdaGradState(big_g)
 
   return _rule(init_fn, update_fn)
@@ -142,11 +160,13 @@ def _rmsprop(alpha, gamma, eps=1e-8):
   def init_fn(params):
     return RMSPropState(optax.tree.zeros_like(params))
 
+  @jax.jit
+  def leaf_step(g, s, alpha, gamma, eps):
+    s = gamma * s + (1.0 - gamma) * jnp.square(g)
+    return -(alpha * g / jnp.sqrt(s + eps)), s
+
   def update_fn(grads, state):
-    s = jax.tree.map(lambda s, g: gamma * s + (1.0 - gamma) * jnp.square(g),
-                     state.s, grads)
-    updates = jax.tree.map(lambda g, s: -(alpha * g / jnp.sqrt(s + eps)),
-                           grads, s)
+    updates, s = _map_leaves(leaf_step, (alpha, gamma, eps), grads, state.s)
     return updates, RMSPropState(s)
 
   return _rule(init_fn, update_fn)
@@ -162,26 +182,26 @@ def _adam(alpha, beta1, beta2, eps):
         v=jax.tree.map(lambda p: jnp.zeros_like(p) + eps, params),
     )
 
+  @jax.jit
+  def leaf_step(g, m, v, alpha, beta1, beta2, eps, m_scale, v_scale):
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g * g
+    m_hat = m * m_scale.astype(m.dtype)
+    v_hat = v * v_scale.astype(v.dtype)
+    return -(alpha * (m_hat / (jnp.sqrt(v_hat) + eps))), m, v
+
   def update_fn(grads, state):
     count = optax.safe_increment(state.count)
-    m = jax.tree.map(lambda m, g: beta1 * m + (1.0 - beta1) * g, state.m,
-                     grads)
-    v = jax.tree.map(lambda v, g: beta2 * v + (1.0 - beta2) * g * g, state.v,
-                     grads)
-
     # Bias corrections as scalar reciprocals, computed once for all leaves: a
     # product per element instead of a division (also in the tangents
     # `hyperoptimize` takes), and no scalar work repeated per leaf.
     t = count.astype(jnp.result_type(beta1, beta2, float))
     m_scale = 1.0 / (1.0 - beta1**t)
     v_scale = 1.0 / (1.0 - beta2**t)
-
-    def step(m, v):
-      m_hat = m * m_scale.astype(m.dtype)
-      v_hat = v * v_scale.astype(v.dtype)
-      return -(alpha * (m_hat / (jnp.sqrt(v_hat) + eps)))
-
-    return jax.tree.map(step, m, v), AdamState(count, m, v)
+    updates, m, v = _map_leaves(
+        leaf_step, (alpha, beta1, beta2, eps, m_scale, v_scale), grads,
+        state.m, state.v)
+    return updates, AdamState(count, m, v)
 
   return _rule(init_fn, update_fn)
 
