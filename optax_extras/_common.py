@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -73,6 +74,7 @@ def leaf_vdot(a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
   return jnp.sum(a.astype(dtype) * b.astype(dtype), dtype=dtype)
 
 
+@functools.partial(jax.jit, static_argnames="dtype")
 def partial_vdots(a: jax.Array, *bs: jax.Array,
                   dtype: Any = None) -> list[tuple[jax.Array, ...]]:
   """``<a, b>`` for each ``b`` in ``bs``, in one pass over the leaf, as a
