@@ -140,20 +140,28 @@ def scale_by_diffgrad(
         prev_grad=optax.tree.zeros_like(params),
     )
 
+  @jax.jit
+  def leaf_step(g, m, v, g_prev, b1, b2, eps, step_scale):
+    """One leaf: its direction, new moments and stored gradient (jitted:
+    traced once per leaf shape and dtype, not once per leaf)."""
+    m, v = _common.adam_moments(g, m, v, b1, b2)
+    inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - g))
+    update = step_scale * (m / (inverse_friction * (jnp.sqrt(v) + eps)))
+    update = update.astype(g.dtype)
+    return update, m, v, _stored_after_update(update, g, g_prev)
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     count = optax.safe_increment(state.count)
-    mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
     step_scale = _common.adam_step_scale(b1, b2, count)
-
-    def direction(g, m, v, g_prev):
-      inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - g))
-      update = step_scale * (m / (inverse_friction * (jnp.sqrt(v) + eps)))
-      return update.astype(g.dtype)
-
-    new_updates = jax.tree.map(direction, updates, mu, nu, state.prev_grad)
-    prev_grad = jax.tree.map(_stored_after_update, new_updates, updates,
-                             state.prev_grad)
+    leaves, treedef = jax.tree.flatten(updates)
+    results = [
+        leaf_step(*leaf, b1, b2, eps, step_scale) for leaf in zip(
+            leaves, treedef.flatten_up_to(state.mu),
+            treedef.flatten_up_to(state.nu),
+            treedef.flatten_up_to(state.prev_grad))]
+    new_updates, mu, nu, prev_grad = (treedef.unflatten(list(x))
+                                      for x in zip(*results))
     return new_updates, ScaleByDiffGradState(count, mu, nu, prev_grad)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
