@@ -141,9 +141,10 @@ def scale_by_diffgrad(
     )
 
   @jax.jit
-  def leaf_step(g, m, v, g_prev, b1, b2, eps, step_scale):
+  def leaf_step(g, m, v, g_prev, step_scale):
     """One leaf: its direction, new moments and stored gradient (jitted:
-    traced once per leaf shape and dtype, not once per leaf)."""
+    traced once per leaf shape and dtype, not once per leaf; ``b1``, ``b2``
+    and ``eps`` are closed over, so Python numbers stay Python numbers)."""
     m, v = _common.adam_moments(g, m, v, b1, b2)
     inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - g))
     update = step_scale * (m / (inverse_friction * (jnp.sqrt(v) + eps)))
@@ -156,7 +157,7 @@ def scale_by_diffgrad(
     step_scale = _common.adam_step_scale(b1, b2, count)
     leaves, treedef = jax.tree.flatten(updates)
     results = [
-        leaf_step(*leaf, b1, b2, eps, step_scale) for leaf in zip(
+        leaf_step(*leaf, step_scale) for leaf in zip(
             leaves, treedef.flatten_up_to(state.mu),
             treedef.flatten_up_to(state.nu),
             treedef.flatten_up_to(state.prev_grad))]
