@@ -354,11 +354,11 @@ def sgd_hd(
 
 def _adam_hypergradient_partials(updates, state, eps):
   r"""Per leaf ``<g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>``, in the rate's
-  dtype."""
+  dtype (one jitted function, traced once per leaf shape and dtype)."""
   dtype = state.learning_rate.dtype
-  return jax.tree.map(
-      lambda g, m, v: _common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype),
-      updates, state.mu, state.nu)
+  partial = jax.jit(
+      lambda g, m, v: _common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype))
+  return jax.tree.map(partial, updates, state.mu, state.nu)
 
 
 def _adam_hypergradient_increments(partials, state, b1, b2, hypergrad_lr,
@@ -494,19 +494,26 @@ def adam_hd(
         partials, state, b1, b2, hypergrad_lr, per_tensor)
     rates, base = _learned_rates(learning_rate, state, increments, bounds)
     count = optax.safe_increment(state.count)
-    mu, nu = _common.adam_moments(updates, state.mu, state.nu, b1, b2)
-    # Each leaf's new moments are ordered after its own partial product.
-    mu = jax.tree.map(_common.ordered_after, partials, mu, state.mu)
-    nu = jax.tree.map(_common.ordered_after, partials, nu, state.nu)
     scale = _common.adam_step_scale(b1, b2, count).astype(rates[-1].dtype)
-    mu_leaves, treedef = jax.tree.flatten(mu)
-    leaf_rates = list(rates) if per_tensor else [rates[-1]] * len(mu_leaves)
-    new_updates = [
-        (-(rate * scale) * (m / (jnp.sqrt(v) + eps))).astype(m.dtype)
-        for rate, m, v in zip(leaf_rates, mu_leaves, treedef.flatten_up_to(nu))
-    ]
-    return (jax.tree.unflatten(treedef, new_updates),
-            AdamHDState(count, rates[-1], base, mu, nu))
+
+    @jax.jit
+    def leaf_step(g, m, v, partial, rate):
+      """One leaf's moments, ordered after its own partial product, and its
+      update (traced once per leaf shape and dtype)."""
+      new_m, new_v = _common.adam_moments(g, m, v, b1, b2)
+      new_m = _common.ordered_after(partial, new_m, m)
+      new_v = _common.ordered_after(partial, new_v, v)
+      update = -(rate * scale) * (new_m / (jnp.sqrt(new_v) + eps))
+      return update.astype(new_m.dtype), new_m, new_v
+
+    leaves, treedef = jax.tree.flatten(updates)
+    leaf_rates = list(rates) if per_tensor else [rates[-1]] * len(leaves)
+    results = [leaf_step(*leaf) for leaf in zip(
+        leaves, treedef.flatten_up_to(state.mu),
+        treedef.flatten_up_to(state.nu), treedef.flatten_up_to(partials),
+        leaf_rates)]
+    new_updates, mu, nu = (treedef.unflatten(list(x)) for x in zip(*results))
+    return new_updates, AdamHDState(count, rates[-1], base, mu, nu)
 
   return _common.with_coupled_weight_decay(
       weight_decay, optax.GradientTransformationExtraArgs(init_fn, update_fn))
