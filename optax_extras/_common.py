@@ -103,7 +103,8 @@ def partial_vdots(a: jax.Array, *bs: jax.Array,
   it lies (else XLA gathers the products of that leaf). Across devices the
   second reduction gathers one partial sum per device and product (XLA's
   partitioner has no all-reduce for a variadic reduction): k scalars per
-  device, as an all-reduce would move.
+  device, as an all-reduce would move. Jitted, so that a tree's many leaves
+  of one shape and dtype are traced and lowered once (XLA inlines the calls).
 
   Args:
     a: an array.
