@@ -157,6 +157,39 @@ def total(scalars: Any, dtype: Any) -> jax.Array:
   return jnp.sum(jax.lax.optimization_barrier(jnp.concatenate(leaves)))
 
 
+def _staged(value: Any) -> bool:
+  """Whether ``value`` is abstract, being traced for compilation (`jax.jit`,
+  `jax.vmap`), not a concrete array (nor a tracer of one: an eager
+  `jax.jvp`)."""
+  if not isinstance(value, jax.core.Tracer):
+    return False
+  to_concrete = getattr(value, "to_concrete_value", None)
+  return to_concrete is None or to_concrete() is None
+
+
+def map_leaves(leaf_fn: Any, trees: tuple[Any, ...], outputs: int
+               ) -> tuple[Any, ...]:
+  """``leaf_fn`` on the leaves of ``trees`` (zipped in the first tree's
+  structure); its ``outputs`` results unzipped into as many trees.
+
+  Being traced for compilation, ``leaf_fn`` runs as one nested jitted
+  function, traced and lowered once per leaf shape and dtype instead of once
+  per leaf; XLA inlines the calls, so the compiled step is the same (at 1000
+  leaves, lowering a gdtuo stack took 7.4 s instead of 11.6 s, diffgrad and
+  adam_hd 0.6 s instead of 2.4-2.5 s). On concrete values (eager calls,
+  an eager `jax.jvp`) it runs op by op, as before: a jitted function made
+  anew at every call would be compiled at every step. ``leaf_fn`` closes over
+  the hyperparameters, so a Python number stays one (``1 - b1`` in double).
+  """
+  leaves, treedef = jax.tree.flatten(trees[0])
+  per_tree = [leaves] + [treedef.flatten_up_to(tree) for tree in trees[1:]]
+  staged = any(_staged(x) for tree in per_tree for x in tree)
+  fn = jax.jit(leaf_fn) if staged else leaf_fn
+  results = [fn(*leaf) for leaf in zip(*per_tree)]
+  return tuple(treedef.unflatten([r[i] for r in results])
+               for i in range(outputs))
+
+
 def sum_leaves(tree: Any, dtype: Any) -> jax.Array:
   """The sum of a tree's scalar leaves, in `dtype` (0 for an empty tree)."""
   return sum(jax.tree.leaves(tree), jnp.zeros([], dtype)).astype(dtype)

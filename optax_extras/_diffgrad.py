@@ -140,29 +140,21 @@ def scale_by_diffgrad(
         prev_grad=optax.tree.zeros_like(params),
     )
 
-  @jax.jit
-  def leaf_step(g, m, v, g_prev, step_scale):
-    """One leaf: its direction, new moments and stored gradient (jitted:
-    traced once per leaf shape and dtype, not once per leaf; ``b1``, ``b2``
-    and ``eps`` are closed over, so Python numbers stay Python numbers)."""
-    m, v = _common.adam_moments(g, m, v, b1, b2)
-    inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - g))
-    update = step_scale * (m / (inverse_friction * (jnp.sqrt(v) + eps)))
-    update = update.astype(g.dtype)
-    return update, m, v, _stored_after_update(update, g, g_prev)
-
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     count = optax.safe_increment(state.count)
     step_scale = _common.adam_step_scale(b1, b2, count)
-    leaves, treedef = jax.tree.flatten(updates)
-    results = [
-        leaf_step(*leaf, step_scale) for leaf in zip(
-            leaves, treedef.flatten_up_to(state.mu),
-            treedef.flatten_up_to(state.nu),
-            treedef.flatten_up_to(state.prev_grad))]
-    new_updates, mu, nu, prev_grad = (treedef.unflatten(list(x))
-                                      for x in zip(*results))
+
+    def leaf_step(g, m, v, g_prev):
+      """One leaf: its direction, new moments and stored gradient."""
+      m, v = _common.adam_moments(g, m, v, b1, b2)
+      inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - g))
+      update = step_scale * (m / (inverse_friction * (jnp.sqrt(v) + eps)))
+      update = update.astype(g.dtype)
+      return update, m, v, _stored_after_update(update, g, g_prev)
+
+    new_updates, mu, nu, prev_grad = _common.map_leaves(
+        leaf_step, (updates, state.mu, state.nu, state.prev_grad), 4)
     return new_updates, ScaleByDiffGradState(count, mu, nu, prev_grad)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -354,11 +354,11 @@ def sgd_hd(
 
 def _adam_hypergradient_partials(updates, state, eps):
   r"""Per leaf ``<g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>``, in the rate's
-  dtype (one jitted function, traced once per leaf shape and dtype)."""
+  dtype (`_common.map_leaves`)."""
   dtype = state.learning_rate.dtype
-  partial = jax.jit(
-      lambda g, m, v: _common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype))
-  return jax.tree.map(partial, updates, state.mu, state.nu)
+  return _common.map_leaves(
+      lambda g, m, v: (_common.leaf_vdot(g, m / (jnp.sqrt(v) + eps), dtype),),
+      (updates, state.mu, state.nu), 1)[0]
 
 
 def _adam_hypergradient_increments(partials, state, b1, b2, hypergrad_lr,
@@ -496,23 +496,20 @@ def adam_hd(
     count = optax.safe_increment(state.count)
     scale = _common.adam_step_scale(b1, b2, count).astype(rates[-1].dtype)
 
-    @jax.jit
     def leaf_step(g, m, v, partial, rate):
       """One leaf's moments, ordered after its own partial product, and its
-      update (traced once per leaf shape and dtype)."""
+      update."""
       new_m, new_v = _common.adam_moments(g, m, v, b1, b2)
       new_m = _common.ordered_after(partial, new_m, m)
       new_v = _common.ordered_after(partial, new_v, v)
       update = -(rate * scale) * (new_m / (jnp.sqrt(new_v) + eps))
       return update.astype(new_m.dtype), new_m, new_v
 
-    leaves, treedef = jax.tree.flatten(updates)
-    leaf_rates = list(rates) if per_tensor else [rates[-1]] * len(leaves)
-    results = [leaf_step(*leaf) for leaf in zip(
-        leaves, treedef.flatten_up_to(state.mu),
-        treedef.flatten_up_to(state.nu), treedef.flatten_up_to(partials),
-        leaf_rates)]
-    new_updates, mu, nu = (treedef.unflatten(list(x)) for x in zip(*results))
+    treedef = jax.tree.structure(updates)
+    leaf_rates = treedef.unflatten(
+        list(rates) if per_tensor else [rates[-1]] * treedef.num_leaves)
+    new_updates, mu, nu = _common.map_leaves(
+        leaf_step, (updates, state.mu, state.nu, partials, leaf_rates), 3)
     return new_updates, AdamHDState(count, rates[-1], base, mu, nu)
 
   return _common.with_coupled_weight_decay(

@@ -365,6 +365,16 @@ def test_tree_with_none_empty_zero_size_and_scalar_leaves(name):
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
+@pytest.mark.parametrize("jit", [True, False])
+def test_tree_without_leaves(name, jit):
+  """As `optax.adam`: no parameters, no updates (jitted and eager)."""
+  for params in ({}, [], {"a": None}):
+    new_params, _, updates = _run(_make(name), params, steps=2, jit=jit)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert jax.tree.structure(new_params) == jax.tree.structure(params)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
 def test_step_counts_are_int32(name):
   _, state, _ = _run_named(name, "float32")
   for _, value in optax.tree.get_all_with_path(state, "count"):
