@@ -7,7 +7,8 @@ skipped (exit status 0) and, with --out, writes that into the report.
   of optax.adam, diffgrad, expectigrad, sgd_hd and adam_hd on 268M float32
   parameters in 8 leaves (--quick: 33M), timed round-robin with a donated
   in-place copy ``x <- a x`` of the params. Reported: the bytes one step must
-  move (read params, grads, state; write params, state) per second, as a
+  move (read params, grads, state; write params, state; for sgd_hd and
+  adam_hd the hypergradient's reads of grads and state too) per second, as a
   fraction of the measured copy bandwidth and of the device's peak memory
   bandwidth (a table of known devices, or --peak-gbs), and per byte against
   optax.adam.
@@ -25,6 +26,7 @@ import numpy as np
 import common
 from bench_optimizers import BASELINE
 from bench_optimizers import COPY
+from bench_optimizers import HYPERGRADIENT_PASS
 from bench_optimizers import jax_candidates
 from bench_optimizers import make_copy_runner
 from bench_optimizers import make_jax_runner
@@ -66,7 +68,8 @@ def jax_rows(device, elements, args):
     runners, moved = {}, {}
     runners[COPY], moved[COPY] = make_copy_runner(params)
     for name, tx in jax_candidates().items():
-      runners[name], moved[name] = make_jax_runner(tx, params, grads)
+      runners[name], moved[name], _ = make_jax_runner(
+          tx, params, grads, hypergradient_pass=name in HYPERGRADIENT_PASS)
     seconds = round_robin_medians(runners, args.steps, args.rounds)
   peak = peak_gbs(device, args.peak_gbs)
   adam_per_byte = seconds[BASELINE] / moved[BASELINE]

@@ -3,7 +3,10 @@ copy and the upstream torch optimizers, measured side by side in one run.
 
 Each JAX step is `update` + `apply_updates`, jitted, with params and state
 donated, the gradient an input. "Bytes moved" is the least traffic a step
-needs: read params, grads and state, write params and state. Per-byte ratios
+needs: read params, grads and state, write params and state; for the
+hypergradient methods (sgd_hd, adam_hd) also a second read of the gradient
+and of the state the hypergradient reads, since the learning rate must be
+known before any parameter is written. Per-byte ratios
 divide each transform's time per byte by optax.adam's, measured in the same
 round-robin rounds, so they are comparable across machines; absolute times
 are not. The copy bandwidth is that of a donated in-place scaling
@@ -57,6 +60,11 @@ COPY = "copy (x <- a x)"
 BASELINE = "optax.adam"
 
 
+# Their hypergradient, a product over every leaf, is a pass of its own over
+# the gradient and the state before the update's pass.
+HYPERGRADIENT_PASS = ("sgd_hd (momentum)", "adam_hd")
+
+
 def tree_bytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
@@ -79,7 +87,7 @@ def step_fn(tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_jax_runner(tx, params, grads):
+def make_jax_runner(tx, params, grads, hypergradient_pass=False):
   """A runner of the donated step, the bytes one step must move and the
   bytes its compiled kernels move."""
   params = jax.tree.map(jnp.copy, params)
@@ -88,6 +96,8 @@ def make_jax_runner(tx, params, grads):
   kernel_bytes = sum(written + read for _, written, read
                      in common.entry_kernels(step.as_text()))
   moved = 2 * tree_bytes(params) + tree_bytes(grads) + 2 * tree_bytes(state)
+  if hypergradient_pass:
+    moved += tree_bytes(grads) + tree_bytes(state)
   carry = [params, state]
 
   def run(steps):
@@ -129,7 +139,7 @@ def measure_size(shapes, dtype, args, extra_runners=None):
   state_bytes[COPY], kernel_bytes[COPY] = 0, moved[COPY]
   for name, tx in jax_candidates().items():
     runners[name], moved[name], kernel_bytes[name] = make_jax_runner(
-        tx, params, grads)
+        tx, params, grads, hypergradient_pass=name in HYPERGRADIENT_PASS)
     state_bytes[name] = tree_bytes(tx.init(params))
   steps = max(1, args.steps * 1_200_000 // sum(a.size for a in params))
   seconds = round_robin_medians({**runners, **(extra_runners or {})}, steps,
