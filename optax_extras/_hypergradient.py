@@ -311,13 +311,21 @@ def sgd_hd(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
     first_step = state.count == 0
     dtype = state.learning_rate.dtype
     # Per-leaf partial products: each leaf's new state is ordered after its
-    # own (see `_common.ordered_after`).
-    partials = jax.tree.map(lambda g, u: _common.leaf_vdot(g, u, dtype),
-                            updates, state.prev_direction)
+    # own (see `_common.ordered_after`). Each kernel that reads the decayed
+    # gradient adds the decay itself (see `_common.decayed_gradient`).
+    decay_params = _common.params_for_decay(params, updates)
+
+    partials = jax.tree.map(
+        lambda g, p, u: _common.leaf_vdot(
+            _common.decayed_gradient(g, p, weight_decay, own_for=u), u, dtype),
+        updates, decay_params, state.prev_direction)
+    updates = jax.tree.map(
+        lambda g, p: _common.decayed_gradient(g, p, weight_decay), updates,
+        decay_params)
     hypergradient = _common.sum_leaves(partials, dtype)
     rates, base = _learned_rates(learning_rate, state,
                                  [hypergrad_lr * hypergradient], bounds)
@@ -333,8 +341,13 @@ def sgd_hd(
       buffer = jax.tree.map(momentum_step, updates, state.momentum_buffer)
       buffer = jax.tree.map(_common.ordered_after, partials, buffer,
                             state.momentum_buffer)
+      # The direction's gradient is ordered too: XLA then adds the decay
+      # inside this kernel as well, not writing the decayed gradient out.
       direction = jax.tree.map(
-          lambda g, b: (g + momentum * b).astype(b.dtype), updates, buffer)
+          lambda g, b, partial: (
+              _common.ordered_after(partial, g, jnp.zeros_like(g))
+              + momentum * b).astype(b.dtype),
+          updates, buffer, partials)
     else:
       buffer = None
       direction = jax.tree.map(
@@ -352,24 +365,27 @@ def sgd_hd(
       weight_decay, optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
-def _adam_hypergradient_partials(updates, state, eps):
+def _adam_hypergradient_partials(updates, params, state, eps, weight_decay):
   r"""Per leaf ``<g_t, m_{t-1} / (\sqrt{v_{t-1}} + eps)>``, in the rate's
-  dtype (`_common.map_leaves`).
+  dtype (`_common.map_leaves`), ``g_t`` with its coupled L2.
 
-  ``eps`` passes an `jax.lax.optimization_barrier` (its value and dtype
-  unchanged): XLA would otherwise merge its broadcast with the update's
-  ``eps`` and write it out as a leaf-sized array for the reduction to read
-  (measured: 8 more bytes per parameter, and a temporary of the largest
-  leaf's size).
+  The reduction's ``eps`` and decayed gradient are its own
+  (`_common.own_constant`, `_common.decayed_gradient`): XLA would otherwise
+  merge them with the update's, or with another leaf's of the same shape, and
+  write them out as leaf-sized arrays for the reduction to read (measured: 8
+  more bytes per parameter and a temporary of the largest leaf's size for
+  ``eps``; every leaf's decayed gradient, a params-sized temporary, with a
+  weight decay).
   """
   dtype = state.learning_rate.dtype
 
-  def leaf_partial(g, m, v):
-    leaf_eps = jax.lax.optimization_barrier(
-        jnp.asarray(eps, jnp.result_type(v.dtype, eps)))
+  def leaf_partial(g, p, m, v):
+    g = _common.decayed_gradient(g, p, weight_decay, own_for=m)
+    leaf_eps = _common.own_constant(eps, v, v)
     return (_common.leaf_vdot(g, m / (jnp.sqrt(v) + leaf_eps), dtype),)
 
-  return _common.map_leaves(leaf_partial, (updates, state.mu, state.nu), 1)[0]
+  return _common.map_leaves(leaf_partial, (updates, params, state.mu,
+                                           state.nu), 1)[0]
 
 
 def _adam_hypergradient_increments(partials, state, b1, b2, hypergrad_lr,
@@ -499,17 +515,20 @@ def adam_hd(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    partials = _adam_hypergradient_partials(updates, state, eps)
+    del extra_args
+    params = _common.params_for_decay(params, updates)
+    partials = _adam_hypergradient_partials(updates, params, state, eps,
+                                            weight_decay)
     increments = _adam_hypergradient_increments(
         partials, state, b1, b2, hypergrad_lr, per_tensor)
     rates, base = _learned_rates(learning_rate, state, increments, bounds)
     count = optax.safe_increment(state.count)
     scale = _common.adam_step_scale(b1, b2, count).astype(rates[-1].dtype)
 
-    def leaf_step(g, m, v, partial, rate):
+    def leaf_step(g, p, m, v, partial, rate):
       """One leaf's moments, ordered after its own partial product, and its
       update."""
+      g = _common.decayed_gradient(g, p, weight_decay)
       new_m, new_v = _common.adam_moments(g, m, v, b1, b2)
       new_m = _common.ordered_after(partial, new_m, m)
       new_v = _common.ordered_after(partial, new_v, v)
@@ -520,7 +539,8 @@ def adam_hd(
     leaf_rates = treedef.unflatten(
         list(rates) if per_tensor else [rates[-1]] * treedef.num_leaves)
     new_updates, mu, nu = _common.map_leaves(
-        leaf_step, (updates, state.mu, state.nu, partials, leaf_rates), 3)
+        leaf_step, (updates, params, state.mu, state.nu, partials,
+                    leaf_rates), 3)
     return new_updates, AdamHDState(count, rates[-1], base, mu, nu)
 
   return _common.with_coupled_weight_decay(

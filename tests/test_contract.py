@@ -651,6 +651,27 @@ def test_donated_step_copies_no_state_buffer(name):
   assert not copied, copied
 
 
+@pytest.mark.parametrize("name", REPRESENTATIVE)
+def test_donated_step_keeps_no_params_sized_temporary(name):
+  """XLA's temporaries of a donated step over 16 equal leaves (with the
+  cases' weight decay) stay within a quarter of the params, whatever the
+  transform holds between its kernels (diffgrad's update, a decayed
+  gradient: see `_common.map_leaves` and `_common.decayed_gradient`); they
+  were the size of the params."""
+  tx = _make(name)
+  params = [jax.ShapeDtypeStruct((256, 256), jnp.float32)] * 16
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+      params, jax.eval_shape(tx.init, params), params).compile()
+  params_bytes = 16 * 256 * 256 * 4
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp <= params_bytes / 4 + 2**16, temp / params_bytes
+
+
 def _eight_device_mesh():
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS set in conftest.py)")
