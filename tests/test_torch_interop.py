@@ -580,6 +580,52 @@ def test_to_jax_and_back_share_memory_and_keep_dtypes():
     assert torch.equal(to_torch(array), f64)
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_to_jax_direct_import_equals_jax_dlpack(direct, monkeypatch):
+  """The shim imports CPU tensors by jax's own DLPack entry (no per-call
+  device lookup); on this jax that path is taken, and it gives what
+  `jax.dlpack.from_dlpack` gives (values, dtype, device, shared memory, a
+  copy of a misaligned view), as does the fallback to it."""
+  from optax_extras.torch import _convert  # pylint: disable=import-outside-toplevel
+  if not direct:
+    monkeypatch.setattr(_convert, "_jaxlib", None)
+  tensors = [torch.arange(12.0).reshape(3, 4), torch.tensor(2.5),
+             torch.zeros(0, 3), torch.arange(10.0)[1:],
+             torch.ones(5, dtype=torch.bfloat16),
+             torch.tensor([True, False]), torch.arange(4, dtype=torch.uint8)]
+  assert (_convert._direct_import(tensors[0]) is not None) == direct
+  for tensor in tensors:
+    ours, theirs = to_jax(tensor), jax.dlpack.from_dlpack(tensor)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert ours.devices() == theirs.devices()
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    if tensor.numel():
+      aligned = tensor.data_ptr() % 64 == 0
+      assert (ours.unsafe_buffer_pointer() == tensor.data_ptr()) == aligned
+  with jax.enable_x64(True):
+    f64 = torch.linspace(0, 1, 5, dtype=torch.float64)
+    np.testing.assert_array_equal(np.asarray(to_jax(f64)), f64.numpy())
+    assert to_jax(f64).unsafe_buffer_pointer() == f64.data_ptr()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_to_torch_direct_export_equals_torch_dlpack(direct, monkeypatch):
+  """JAX arrays go to torch by jax's own DLPack export where it is this
+  jax's, and the result equals `torch.from_dlpack`'s (shared memory)."""
+  from optax_extras.torch import _convert  # pylint: disable=import-outside-toplevel
+  if not direct:
+    monkeypatch.setattr(_convert, "_jaxlib", None)
+  arrays = [jnp.arange(6.0).reshape(2, 3), jnp.array(3.0), jnp.zeros((0, 2)),
+            jnp.ones(3, jnp.bfloat16), jnp.array([True, False])]
+  for array in arrays:
+    ours = to_torch(array)
+    theirs = torch.from_dlpack(array)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert torch.equal(ours, theirs)
+    if array.size:
+      assert ours.data_ptr() == array.unsafe_buffer_pointer()
+
+
 def test_adam_hd_per_tensor_through_the_shim_equals_upstream_adamhd():
   """A multi-tensor model: OptaxOptimizer(adam_hd, hypergradient="per_tensor")
   over model.parameters() gives upstream AdamHD's weights and learned rate."""

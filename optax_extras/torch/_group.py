@@ -172,7 +172,7 @@ class Group:
                    indices: tuple[int, ...], values: list[jax.Array]) -> None:
     """Makes `values` the storage of the parameters (no copy)."""
     for k, value in zip(indices, values):
-      params[k].data = torch.from_dlpack(value)
+      params[k].data = _convert.array_to_tensor(value)
       previous = self.current.get(k)
       if previous is not None:
         self.scratch[k] = previous
