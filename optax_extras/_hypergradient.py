@@ -356,6 +356,11 @@ def sgd_hd(
           updates, state.prev_direction)
     direction = jax.tree.map(_common.ordered_after, partials, direction,
                              state.prev_direction)
+    # The update reads the new direction as written (a barrier): XLA would
+    # otherwise recompute it inside `apply_updates` from the old buffer,
+    # which the new direction overwrites, and copy that buffer first
+    # (measured with bfloat16 momentum).
+    direction = jax.lax.optimization_barrier(direction)
     new_updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype),
                                direction)
     return new_updates, SGDHDState(

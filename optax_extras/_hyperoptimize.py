@@ -707,6 +707,11 @@ def hyperoptimize(
     inner_state = order_inner_state(
         inner, partials, advance_inner_state(recomputed, state),
         state.prev_inner_state, treedef)
+    # The new update reads that state as written (a barrier): XLA would
+    # otherwise recompute it inside the update's kernel from the old state,
+    # which it overwrites, and copy the old state first (measured with
+    # bfloat16 state).
+    inner_state = jax.lax.optimization_barrier(inner_state)
     raw, hyper_state = hyper_step(hyper_optimizer, hypergrad, raw,
                                   state.hyper_state, stored_bounds)
     natural = natural_values(raw)

@@ -630,14 +630,15 @@ def test_donated_step_matches_plain_step(name):
   assert all(x.is_deleted() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("name", TRANSFORMS)
-def test_donated_step_copies_no_state_buffer(name):
+def test_donated_step_copies_no_state_buffer(name, dtype):
   """Steps that read the old state after computing the new one (the
   hypergradients) order the in-place writes after the reads: without that
   (`_common.ordered_after`), XLA copies every such donated buffer first."""
   tx = _make(name)
-  params = {f"w{i}": jnp.ones((128, 64)) for i in range(3)}
-  params["b"] = jnp.ones((64,))
+  params = {f"w{i}": jnp.ones((128, 64), dtype) for i in range(3)}
+  params["b"] = jnp.ones((64,), dtype)
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
