@@ -411,16 +411,26 @@ def test_step_keeps_the_parameter_objects_and_autograd():
 
 
 def test_new_values_become_the_storage_without_a_copy():
-  """The JAX output buffer becomes the parameter's storage (by DLPack):
-  each step hands over another buffer instead of copying into the old one."""
+  """The JAX output buffer becomes the parameter's storage (by DLPack), and
+  from then on each step writes the new values over it in place (torch lets
+  go of it during the step, so JAX can donate it); while a user holds a view
+  of a parameter the step writes elsewhere, and the view keeps the old
+  values."""
   model = _mlp()
   opt = OptaxOptimizer(model.parameters(), optax.adam, lr=0.1)
   pointers = []
   for step in range(4):
     _train(model, opt, 1, first=step)
     pointers.append([p.data_ptr() for p in model.parameters()])
-  for before, after in zip(pointers, pointers[1:]):
-    assert all(a != b for a, b in zip(before, after))
+    arrays = opt._records[0].current  # pylint: disable=protected-access
+    assert [arrays[k].unsafe_buffer_pointer()
+            for k in range(len(pointers[-1]))] == pointers[-1]
+  assert pointers[1] == pointers[2] == pointers[3]
+  held = next(model.parameters()).data
+  old = held.clone()
+  _train(model, opt, 1, first=4)
+  assert torch.equal(held, old)
+  assert not torch.equal(next(model.parameters()), old)
 
 
 def _snapshot(opt):

@@ -79,16 +79,16 @@ def same_arrays(tree_a: Any, tree_b: Any) -> bool:
       for a, b in zip(leaves_a, leaves_b))
 
 
-def _cohort_steps(tx, grads, states, params, scratch):
+def _cohort_steps(tx, grads, states, params):
   """The update of each cohort: (new states, new params), per cohort.
 
-  `scratch` (unused) holds buffers of the parameters' shapes that torch no
-  longer uses; donated, they receive the new parameters. The new states come
-  first: JAX pairs each output with the first donated input of its shape, so
-  each state leaf is written over its old buffer (pairing the new parameters
-  with the old moments instead made XLA's Adam step 1.5-2x slower).
+  States and params are donated: torch lets go of the parameters' storage
+  during the step (`Group.release_storage`), so XLA writes the new
+  parameters over the old ones in place. The new states come first: JAX
+  pairs each output with the first donated input of its shape, so each state
+  leaf is written over its old buffer (pairing the new parameters with the
+  old moments instead made XLA's Adam step 1.5-2x slower).
   """
-  del scratch
   new_params, new_states = [], []
   for g, state, p in zip(grads, states, params):
     updates, new_state = tx.update(g, state, p)
@@ -111,8 +111,8 @@ def checked_step(tx, args) -> Callable[..., Any]:
   """
   device = jax.sharding.SingleDeviceSharding(
       next(iter(args[2][0][0].devices())))
-  step = jax.jit(lambda *a: _cohort_steps(tx, *a), donate_argnums=(1, 3),
-                 keep_unused=True, in_shardings=device)
+  step = jax.jit(lambda *a: _cohort_steps(tx, *a), donate_argnums=(1, 2),
+                 in_shardings=device)
   jax.eval_shape(step, *args)
   return step
 
@@ -131,7 +131,6 @@ class Group:
     synced: the torch-named values as they are in the states.
     compiled: the compiled step per tuple of stepping cohorts.
     current: per parameter, the JAX array that is its storage.
-    scratch: per parameter, the array that was its storage before.
   """
 
   tx: optax.GradientTransformation
@@ -141,7 +140,6 @@ class Group:
   synced: dict[str, Any]
   compiled: dict[Any, Any] = dataclasses.field(default_factory=dict)
   current: dict[int, jax.Array] = dataclasses.field(default_factory=dict)
-  scratch: dict[int, jax.Array] = dataclasses.field(default_factory=dict)
 
   @property
   def rate(self) -> _rate.Rate | None:
@@ -161,19 +159,19 @@ class Group:
       arrays.append(array)
     return arrays
 
-  def scratch_arrays(self, arrays: list[jax.Array],
-                     indices: tuple[int, ...]) -> list[jax.Array]:
-    """Buffers to receive the new parameters (fresh ones the first time)."""
-    buffers = [self.scratch.get(k) for k in indices]
-    return [jnp.zeros_like(a) if b is None or b.is_deleted() else b
-            for a, b in zip(arrays, buffers)]
+  def release_storage(self, params: list[torch.Tensor],
+                      indices: list[int]) -> None:
+    """Empties the parameters' storage for the step, so that torch holds no
+    reference to the buffers it donates (JAX does not donate a buffer torch
+    still references: it then writes the new parameters elsewhere, correct
+    but not in place, e.g. while a user holds a view of a parameter)."""
+    for k in indices:
+      params[k].data = torch.empty(0, dtype=params[k].dtype,
+                                   device=params[k].device)
 
   def swap_storage(self, params: list[torch.Tensor],
                    indices: tuple[int, ...], values: list[jax.Array]) -> None:
     """Makes `values` the storage of the parameters (no copy)."""
     for k, value in zip(indices, values):
       params[k].data = _convert.array_to_tensor(value)
-      previous = self.current.get(k)
-      if previous is not None:
-        self.scratch[k] = previous
       self.current[k] = value

@@ -74,7 +74,10 @@ class OptaxOptimizer(torch.optim.Optimizer):
   (autograd and references to it stay valid) whose storage is the JAX output
   buffer, handed over by DLPack instead of copied (``p.data`` is replaced):
   a tensor taken from ``p.data`` or ``p.detach()`` before the step keeps the
-  old values. Complex parameters need ``allow_complex=True`` (most
+  old values. During the step the parameters have empty storage, so that
+  XLA writes the new values over the old buffer in place (no second copy of
+  the parameters in memory); where something else still references that
+  buffer (such a tensor), they are written to a new one. Complex parameters need ``allow_complex=True`` (most
   transformations written for real numbers, e.g. diffGrad's ``g*g``, are
   wrong on them; `optax.adam` is right); 64-bit parameters need 64-bit JAX.
 
@@ -245,14 +248,25 @@ class OptaxOptimizer(torch.optim.Optimizer):
 
   def _run(self, plan: _plan.Plan) -> None:
     """Runs a planned group step and commits it."""
+    group, record = self.param_groups[plan.index], plan.record
+    cohorts = [record.cohorts[n].indices for n in plan.stepping]
+    record.release_storage(group["params"], [k for c in cohorts for k in c])
     try:
       new_states, new_params = jax.block_until_ready(plan.step(*plan.args))
     except Exception as error:
+      lost = []
+      for indices, arrays in zip(cohorts, plan.args[2]):
+        for k, array in zip(indices, arrays):
+          if array.is_deleted():
+            lost.append(k)
+          else:
+            record.swap_storage(group["params"], (k,), [array])
       raise RuntimeError(
           f"The step of group {plan.index} failed while running; the groups "
           f"before it have stepped, it and the later ones have not (its "
-          f"state may be donated: reload a checkpoint): {error}") from error
-    group, record = self.param_groups[plan.index], plan.record
+          f"state may be donated"
+          + (f", and the parameters {lost} were" if lost else "")
+          + f": reload a checkpoint): {error}") from error
     for n, values, state in zip(plan.stepping, new_params, new_states):
       record.swap_storage(group["params"], record.cohorts[n].indices, values)
       record.cohorts[n] = record.cohorts[n]._replace(state=state)

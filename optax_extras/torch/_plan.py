@@ -147,8 +147,6 @@ def plan(factory, index: int, group: dict[str, Any],
         for k in cohorts[n].indices] for n in stepping],
       [cohorts[n].state for n in stepping],
       param_arrays,
-      [record.scratch_arrays(arrays, cohorts[n].indices)
-       for n, arrays in zip(stepping, param_arrays)],
   )
   key = tuple(cohorts[n].indices for n in stepping)
   step = compiled.get(key)
