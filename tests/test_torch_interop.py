@@ -636,6 +636,28 @@ def test_to_torch_direct_export_equals_torch_dlpack(direct, monkeypatch):
       assert ours.data_ptr() == array.unsafe_buffer_pointer()
 
 
+def test_conversions_fall_back_when_jax_entries_differ(monkeypatch):
+  """A jax whose DLPack entries take other arguments: the first call falls
+  back to the public functions, and so do the later ones."""
+  from optax_extras.torch import _convert  # pylint: disable=import-outside-toplevel
+
+  class OtherEntries:
+    def dlpack_managed_tensor_to_buffer(self, *args):
+      raise TypeError("takes 4 positional arguments")
+
+    def buffer_to_dlpack_managed_tensor(self, *args, **kwargs):
+      raise TypeError("unexpected keyword argument 'stream'")
+
+  monkeypatch.setattr(_convert, "_jaxlib", OtherEntries())
+  tensor = torch.arange(6.0)
+  np.testing.assert_array_equal(np.asarray(to_jax(tensor)), tensor.numpy())
+  assert _convert._jaxlib is None
+  monkeypatch.setattr(_convert, "_jaxlib", OtherEntries())
+  array = jnp.arange(4.0)
+  assert torch.equal(to_torch(array), torch.arange(4.0))
+  assert _convert._jaxlib is None
+
+
 def test_adam_hd_per_tensor_through_the_shim_equals_upstream_adamhd():
   """A multi-tensor model: OptaxOptimizer(adam_hd, hypergradient="per_tensor")
   over model.parameters() gives upstream AdamHD's weights and learned rate."""

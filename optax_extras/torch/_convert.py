@@ -11,8 +11,10 @@ import torch
 try:  # jax's own DLPack entries, under its public functions
   from jax._src.lib import _jax as _jaxlib
   from jax._src.lib import jaxlib_extension_version as _JAXLIB_VERSION
-except ImportError:  # another jax: the public function only
+except ImportError:  # another jax: the public functions only
   _jaxlib, _JAXLIB_VERSION = None, 0
+if _JAXLIB_VERSION < 467:  # entries of another signature
+  _jaxlib = None
 
 _X64_DTYPES = (torch.float64, torch.int64, torch.complex128)
 # dtypes JAX keeps as they are (so the public function would not convert).
@@ -37,15 +39,24 @@ def _direct_import(tensor: torch.Tensor) -> jax.Array | None:
   canonicalisation (a no-op for these dtypes): 7 us per tensor instead of
   48 us, most of the shim's overhead on small models.
   """
-  if (_jaxlib is None or _JAXLIB_VERSION < 467 or not tensor.is_cpu
+  if (_jaxlib is None or not tensor.is_cpu
       or not (tensor.dtype in _DIRECT_DTYPES
               or (tensor.dtype in _X64_DTYPES and jax.config.jax_enable_x64))):
     return None
   device = _cpu_device(0)  # a CPU tensor's DLPack device id
   if device is None:
     return None
-  return _jaxlib.dlpack_managed_tensor_to_buffer(
-      torch.utils.dlpack.to_dlpack(tensor), device, None, None, _DL_CPU)
+  try:
+    return _jaxlib.dlpack_managed_tensor_to_buffer(
+        torch.utils.dlpack.to_dlpack(tensor), device, None, None, _DL_CPU)
+  except (TypeError, AttributeError):  # a jax whose entry differs
+    _disable_direct()
+    return None
+
+
+def _disable_direct() -> None:
+  global _jaxlib  # pylint: disable=global-statement
+  _jaxlib = None
 
 
 def tensor_to_jax(tensor: torch.Tensor) -> jax.Array:
@@ -77,11 +88,14 @@ def array_to_tensor(array: jax.Array) -> torch.Tensor:
   without the lookups of jax's ``__dlpack__``); any other by
   `torch.from_dlpack`.
   """
-  if _jaxlib is not None and _JAXLIB_VERSION >= 467:
+  if _jaxlib is not None:
     devices = array.devices()
     if len(devices) == 1 and next(iter(devices)).platform == "cpu":
-      return torch.utils.dlpack.from_dlpack(
-          _jaxlib.buffer_to_dlpack_managed_tensor(array, stream=None))
+      try:
+        return torch.utils.dlpack.from_dlpack(
+            _jaxlib.buffer_to_dlpack_managed_tensor(array, stream=None))
+      except (TypeError, AttributeError):  # a jax whose entry differs
+        _disable_direct()
   return torch.from_dlpack(array)
 
 
