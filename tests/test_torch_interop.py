@@ -610,8 +610,9 @@ def test_to_jax_direct_import_equals_jax_dlpack(direct, monkeypatch):
     assert ours.devices() == theirs.devices()
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
     if tensor.numel():
-      aligned = tensor.data_ptr() % 64 == 0
-      assert (ours.unsafe_buffer_pointer() == tensor.data_ptr()) == aligned
+      shares = ours.unsafe_buffer_pointer() == tensor.data_ptr()
+      assert shares == (theirs.unsafe_buffer_pointer() == tensor.data_ptr())
+  assert to_jax(tensors[0]).unsafe_buffer_pointer() == tensors[0].data_ptr()
   with jax.enable_x64(True):
     f64 = torch.linspace(0, 1, 5, dtype=torch.float64)
     np.testing.assert_array_equal(np.asarray(to_jax(f64)), f64.numpy())
