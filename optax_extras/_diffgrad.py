@@ -149,6 +149,7 @@ def _scale_by_diffgrad(b1, b2, eps, mu_dtype, weight_decay
   """`scale_by_diffgrad` of the gradient plus ``weight_decay * params``
   (`_common.decayed_gradient`: added inside each kernel that reads it)."""
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  decaying = _checks.concrete_value(weight_decay) != 0.0
 
   def init_fn(params):
     return ScaleByDiffGradState(
@@ -166,19 +167,21 @@ def _scale_by_diffgrad(b1, b2, eps, mu_dtype, weight_decay
     def leaf_step(after, g, p, m, v, g_prev):
       """One leaf: its direction (computed after ``after``), new moments,
       stored gradient, and a scalar computed after all of them."""
-      decayed = _common.decayed_gradient(g, p, weight_decay)
-      if decayed is not g:
-        decayed = _common.ordered_after(after, decayed, jnp.zeros_like(g))
-      m, v = _common.adam_moments(decayed, m, v, b1, b2)
-      inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - decayed))
+      g = _common.decayed_gradient(g, p, weight_decay)
+      if decaying:
+        # Each kernel that reads the decayed gradient adds the decay: ordered
+        # too, so that later groups do not compute theirs early.
+        g = _common.ordered_after(after, g, jnp.zeros_like(g))
+      m, v = _common.adam_moments(g, m, v, b1, b2)
+      inverse_friction = 1.0 + jnp.exp(-jnp.abs(g_prev - g))
       m_after = _common.ordered_after(after, m, jnp.zeros_like(m))
       update = step_scale * (m_after / (inverse_friction * (jnp.sqrt(v) + eps)))
       update = update.astype(g.dtype)
-      stored = _stored_after_update(update, decayed, g_prev)
-      if decayed is not g:
-        # Every kernel adds the decay itself, so the stored gradient reads
-        # the params too: the update, which apply_updates adds to the params
-        # in place, waits for it (else XLA copies the params first).
+      stored = _stored_after_update(update, g, g_prev)
+      if decaying:
+        # The stored gradient reads the params too (the decay): the update,
+        # which apply_updates adds to the params in place, waits for it
+        # (else XLA copies the params first).
         update = _common.ordered_after(_first_element(stored), update,
                                        jnp.zeros_like(update))
       return update, m, v, stored, _first_element(stored)

@@ -392,9 +392,9 @@ def hypergradient(inner: _Inner, raw: Mapping[str, Any],
   The k tangents of a leaf are contracted with ``g_t`` together by
   `_common.partial_vdots`, in one pass that shares their subexpressions and
   stores no tangent (a plain sum per tangent runs op by op on XLA:CPU: 2.3x
-  slower MLP step). A ``per_leaf`` value needs one tangent for all its leaves, since
-  each leaf's update depends only on its own value. Zero on the first step
-  (there is no previous update).
+  slower MLP step). A ``per_leaf`` value needs one tangent for all its
+  leaves, since each leaf's update depends only on its own value. Zero on the
+  first step (there is no previous update).
 
   Returns:
     The hypergradient (keyed like ``raw``) and, per parameter leaf, a scalar

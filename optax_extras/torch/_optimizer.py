@@ -77,9 +77,10 @@ class OptaxOptimizer(torch.optim.Optimizer):
   old values. During the step the parameters have empty storage, so that
   XLA writes the new values over the old buffer in place (no second copy of
   the parameters in memory); where something else still references that
-  buffer (such a tensor), they are written to a new one. Complex parameters need ``allow_complex=True`` (most
-  transformations written for real numbers, e.g. diffGrad's ``g*g``, are
-  wrong on them; `optax.adam` is right); 64-bit parameters need 64-bit JAX.
+  buffer (such a tensor), they are written to a new one. Complex parameters
+  need ``allow_complex=True`` (most transformations written for real
+  numbers, e.g. diffGrad's ``g*g``, are wrong on them; `optax.adam` is
+  right); 64-bit parameters need 64-bit JAX.
 
   **Failures.** A step first checks and compiles every group (gradients,
   written values, options, the transformation); an error there changes
