@@ -433,6 +433,30 @@ def test_new_values_become_the_storage_without_a_copy():
   assert not torch.equal(next(model.parameters()), old)
 
 
+def test_step_failing_while_running_restores_the_parameters():
+  """The parameters' storage is emptied for the step (so that it can be
+  donated); a step that fails before running gives it back, values intact,
+  and says so."""
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=0.1)
+  _train(model, opt, 2)
+  before = [p.detach().clone() for p in model.parameters()]
+  record = opt._records[0]  # pylint: disable=protected-access
+
+  def failing(*args):
+    del args
+    raise ValueError("no device")
+
+  record.compiled = {key: failing for key in record.compiled}
+  x, y = _batch(2)
+  opt.zero_grad()
+  torch.nn.functional.mse_loss(model(x), y).backward()
+  with pytest.raises(RuntimeError, match="failed while running.*no device"):
+    opt.step()
+  for p, old in zip(model.parameters(), before):
+    assert p.shape == old.shape and torch.equal(p, old)
+
+
 def _snapshot(opt):
   return ([p.detach().clone() for g in opt.param_groups for p in g["params"]],
           [np.asarray(x) for x in jax.tree.leaves(opt.opt_states)],
