@@ -43,8 +43,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def command_line() -> str:
-  """The command that started this process, as one can paste it."""
-  return " ".join(["python"] + [shlex.quote(a) for a in sys.argv])
+  """The command that started this process, as one can paste it: with the
+  JAX and XLA settings of its environment that change what is measured (a
+  persistent compilation cache, XLA flags, the platform)."""
+  settings = [f"{name}={shlex.quote(value)}"
+              for name, value in sorted(os.environ.items())
+              if name.startswith("JAX_") or name == "XLA_FLAGS"]
+  return " ".join(settings + ["python"] + [shlex.quote(a) for a in sys.argv])
 
 
 def machine_line() -> str:
