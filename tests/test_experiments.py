@@ -192,6 +192,21 @@ def test_other_tasks_train(task):
   assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("task", ["logreg", "mlp", "cnn"])
+def test_flax_init_is_used_for_the_linear_layers_of_every_task(task):
+  def make(init):
+    return models.make(task, (8, 8, 1), 10, hidden_size=16, hidden_layers=1,
+                       channels=(4,), seed=0, init=init)
+  flax_model, torch_model = make("flax"), make("torch")
+  layer = {"logreg": "linear", "mlp": "out", "cnn": "hidden"}[task]
+  flax_layer, torch_layer = getattr(flax_model, layer), getattr(torch_model,
+                                                                 layer)
+  # Flax's biases start at zero, torch's are uniform in +-1/sqrt(fan_in).
+  assert not np.any(np.asarray(flax_layer.bias[...]))
+  assert np.any(np.asarray(torch_layer.bias[...]))
+  assert not np.allclose(flax_layer.kernel[...], torch_layer.kernel[...])
+
+
 # --- several devices ----------------------------------------------------------
 
 

@@ -73,12 +73,12 @@ class CNN(nnx.Module):
                hidden_size: int, num_classes: int, *, init: str,
                rngs: nnx.Rngs):
     height, width, features = image_shape
-    init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+    conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
     self.convs = nnx.List()
     for out in channels:
       for _ in range(2):
-        self.convs.append(nnx.Conv(features, out, (3, 3), kernel_init=init,
-                                   rngs=rngs))
+        self.convs.append(nnx.Conv(features, out, (3, 3),
+                                   kernel_init=conv_init, rngs=rngs))
         features = out
       height, width = max(height // 2, 1), max(width // 2, 1)
     self.hidden = linear(height * width * features, hidden_size, init,
