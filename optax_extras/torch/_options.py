@@ -178,4 +178,22 @@ def build(factory: Callable[..., Any], group: dict[str, Any],
   tx = optax.inject_hyperparams(
       factory, static_args=not_injected,
       hyperparam_dtype=jnp.float64 if wide else jnp.float32)(**arguments)
-  return tx, static, injected
+  return _keeping_dtypes(tx), static, injected
+
+
+def _keeping_dtypes(
+    tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` whose new state has the dtypes of the old one.
+
+  Injected hyperparameters are float32 (float64 arrays with 64-bit params)
+  where the factory's own are weakly typed Python floats, so they would
+  promote bfloat16 or float16 moments (or float32 ones next to float64
+  params); the state stays in the params' dtypes, as with the factory's
+  transformation itself.
+  """
+
+  def update(updates, state, params=None):
+    updates, new_state = tx.update(updates, state, params)
+    return updates, optax.tree.cast_like(new_state, state)
+
+  return optax.GradientTransformation(tx.init, update)
