@@ -425,3 +425,70 @@ def test_injected_factory_keeps_float32_and_float64_params_apart():
     assert (a.dtype, b.dtype) == (torch.float32, torch.float64)
     np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(),
                                rtol=1e-6)
+
+
+def _checkpointed(model, opt, scheduler=None):
+  buffer = io.BytesIO()
+  torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+              "scheduler": scheduler and scheduler.state_dict()}, buffer)
+  buffer.seek(0)
+  return torch.load(buffer, weights_only=True)
+
+
+def _assert_same_run(actual, expected):
+  for a, b in zip(actual.parameters(), expected.parameters()):
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(),
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("factory, options, key, value", [
+    (optax.adam, {"lr": 1e-2}, "betas", (0.5, 0.6)),
+    (optax.adam, {"lr": 1e-2}, "eps", 0.5),
+    (optax.adam, {"lr": 1e-2}, "lr", 0.05),
+    (optax.sgd, {"lr": 1e-2, "momentum": 0.9}, "momentum", 0.1),
+    (optax.adamw, {"lr": 1e-2}, "weight_decay", 0.5),
+    (optax_extras.adam_hd, {"lr": 1e-2, "hypergrad_lr": 1e-6}, "lr", 0.05),
+])
+def test_value_written_before_a_checkpoint_takes_effect_after_loading(
+    factory, options, key, value):
+  straight, first, second = _mlp(), _mlp(), _mlp()
+  opt = OptaxOptimizer(first.parameters(), factory, **options)
+  straight_opt = OptaxOptimizer(straight.parameters(), factory, **options)
+  for model, optimizer in ((straight, straight_opt), (first, opt)):
+    _train(model, optimizer, 2)
+    optimizer.param_groups[0][key] = value
+  checkpoint = _checkpointed(first, opt)
+  second.load_state_dict(checkpoint["model"])
+  resumed = OptaxOptimizer(second.parameters(), factory, **options)
+  resumed.load_state_dict(checkpoint["opt"])
+  assert resumed.param_groups[0][key] == value
+  _train(straight, straight_opt, 2, first=2)
+  _train(second, resumed, 2, first=2)
+  _assert_same_run(second, straight)
+  assert resumed.param_groups[0]["lr"] == pytest.approx(
+      straight_opt.param_groups[0]["lr"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum"])
+def test_one_cycle_lr_resumes_like_the_uninterrupted_run(name):
+  def make(model):
+    if name == "adam":
+      opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-3)
+    else:
+      opt = OptaxOptimizer(model.parameters(), optax.sgd, lr=1e-3,
+                           momentum=0.9)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2,
+                                                    total_steps=20)
+
+  straight, first, second = _mlp(), _mlp(), _mlp()
+  opt, scheduler = make(straight)
+  _train(straight, opt, 12, scheduler=scheduler)
+  opt, scheduler = make(first)
+  _train(first, opt, 5, scheduler=scheduler)
+  checkpoint = _checkpointed(first, opt, scheduler)
+  second.load_state_dict(checkpoint["model"])
+  opt, scheduler = make(second)
+  opt.load_state_dict(checkpoint["opt"])
+  scheduler.load_state_dict(checkpoint["scheduler"])
+  _train(second, opt, 7, first=5, scheduler=scheduler)
+  _assert_same_run(second, straight)

@@ -94,8 +94,11 @@ class OptaxOptimizer(torch.optim.Optimizer):
   optax states as tensors with their tree paths, and loads with
   ``torch.load(..., weights_only=True)``. ``load_state_dict`` checks paths,
   shapes, dtypes and option names (an unknown key such as ``tx`` is
-  refused) and changes nothing on a mismatch. The state of a torch optimizer
-  loads with `load_torch_state`.
+  refused) and changes nothing on a mismatch. The loaded ``param_groups`` are
+  what the next step uses, as in torch: a value written there after the last
+  step before saving (a scheduler's ``betas``, a learned rate's ``lr``)
+  takes effect then, so a resumed run continues the uninterrupted one. The
+  state of a torch optimizer loads with `load_torch_state`.
 
   Args:
     params: tensors or dicts of parameter groups, as for any torch optimizer.
@@ -312,19 +315,26 @@ class OptaxOptimizer(torch.optim.Optimizer):
     for group, record, saved, cohorts in zip(
         self.param_groups, self._records, saved_groups, loaded):
       group.update({k: v for k, v in saved.items() if k != "params"})
-      self._set_cohorts(record, group, cohorts)
+      self._set_cohorts(record, cohorts)
 
-  def _set_cohorts(self, record, group, cohorts) -> None:
-    """Replaces a group's states by (indices, state) pairs."""
+  def _set_cohorts(self, record, cohorts) -> None:
+    """Replaces a group's states by (indices, state) pairs.
+
+    The synced values are read from the states: a value of the group dict
+    that differs from them (written after the last step, e.g. by a
+    scheduler, or a learned rate written before the checkpoint) is written
+    into the states at the next step, as the group dict is what torch steps
+    with.
+    """
     record.cohorts = [
         _group.Cohort(indices, state, _rate.find_rate(state))
         for indices, state in sorted(cohorts, key=lambda c: c[0][0])]
     record.compiled = {}
-    record.synced = {key: group[key] for key in record.injected}
+    state = record.cohorts[0].state
+    record.synced = {key: _options.injected_value(state, key)
+                     for key in record.injected if key != "lr"}
     if record.rate is not None:
-      record.synced["lr"] = record.rate.read(record.cohorts[0].state)
-      if record.rate.learned:
-        group["lr"] = record.synced["lr"]
+      record.synced["lr"] = record.rate.read(state)
 
   def load_torch_state(self, state_dict: dict[str, Any]) -> None:
     """Starts from the `state_dict` of a torch optimizer over the same
@@ -343,6 +353,5 @@ class OptaxOptimizer(torch.optim.Optimizer):
           (indices, jax.tree.map(jax.numpy.copy, _import.import_torch_state(
               sub_dict, record.tx, [params[k] for k in indices])))
           for indices, sub_dict in parts])
-    for group, record, cohorts in zip(self.param_groups, self._records,
-                                      loaded):
-      self._set_cohorts(record, group, cohorts)
+    for record, cohorts in zip(self._records, loaded):
+      self._set_cohorts(record, cohorts)

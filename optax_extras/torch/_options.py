@@ -121,6 +121,12 @@ def optax_arguments(factory: Callable[..., Any],
   return arguments
 
 
+def injected_value(state: Any, key: str) -> Any:
+  """The value of the injected torch-named `key` in an injected `state`."""
+  values = tuple(float(state.hyperparams[name]) for name in TORCH_NAMES[key])
+  return values if key == "betas" else values[0]
+
+
 def check_construction(factory: Callable[..., Any],
                        group: dict[str, Any]) -> None:
   """TypeError for keys the factory cannot take, ValueError for values."""
