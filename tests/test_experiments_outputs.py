@@ -109,6 +109,83 @@ def test_interrupted_run_keeps_the_finished_optimizers(tmp_path, monkeypatch,
   assert (out / "paper.png").exists()
 
 
+def test_concurrent_runs_claim_distinct_numbered_folders(tmp_path, monkeypatch):
+  base = tmp_path / "runs"
+  # Another run claimed run-002 between this one's listing and its mkdir.
+  real_mkdir = os.mkdir
+
+  def mkdir_after_a_competitor(path, *args, **kwargs):
+    if path.endswith("run-001"):
+      real_mkdir(path)
+    return real_mkdir(path, *args, **kwargs)
+
+  monkeypatch.setattr(os, "mkdir", mkdir_after_a_competitor)
+  assert results.claim_run_dir(str(base)) == str(base / "run-002")
+  monkeypatch.undo()
+  assert results.claim_run_dir(str(base)) == str(base / "run-003")
+  assert sorted(os.listdir(base)) == ["run-001", "run-002", "run-003"]
+
+
+def test_a_run_that_fails_leaves_no_empty_numbered_folder(tmp_path, monkeypatch,
+                                                          capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["compare", "--optimizers", "sgd", "--dataset", "mnist",
+                   *TINY]) == 2
+  assert "needs --data-dir" in capsys.readouterr().err
+  assert os.listdir(tmp_path / "runs" / "compare-mlp-mnist") == []
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda tmp: (tmp / "file").write_text("x") and str(tmp / "file" / "out"),
+     "Not a directory"),
+    (lambda tmp: "/proc/optax-extras-out", "No such file or directory"),
+])
+def test_unusable_out_is_a_clear_error(tmp_path, capsys, make, reason):
+  out = make(tmp_path)
+  assert cli.main(["compare", "--optimizers", "sgd", "--out", out, *TINY]) == 2
+  err = capsys.readouterr().err
+  assert f"--out {out}: cannot use it" in err and reason in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_out_without_permission_is_a_clear_error(tmp_path, capsys):
+  locked = tmp_path / "locked"
+  locked.mkdir(mode=0o500)
+  out = str(locked / "out")
+  assert cli.main(["compare", "--optimizers", "sgd", "--out", out, *TINY]) == 2
+  assert "Permission denied" in capsys.readouterr().err
+
+
+def test_empty_out_is_refused(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["compare", "--optimizers", "sgd", "--out", "", *TINY]) == 2
+  assert "--out is empty" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_interrupt_before_any_optimizer_finished_says_nothing_written(
+    tmp_path, monkeypatch, capsys):
+  def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(train.Experiment, "train", interrupt)
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["compare", "--optimizers", "sgd", *TINY]) == 130
+  err = capsys.readouterr().err
+  assert "nothing written" in err and "complete" not in err
+  assert os.listdir(tmp_path / "runs" / "compare-mlp-digits") == []
+
+
+def test_labels_with_the_same_file_stem_get_distinct_csvs(tmp_path):
+  writer = results.RunWriter(str(tmp_path), {})
+  for label in ("x/y", "x:y"):
+    writer.add(results.Result(label, ("Loss",), [(1.0,)], {}))
+  csvs = [entry["csv"] for entry in writer.entries]
+  assert csvs[0] == "x-y.csv" and csvs[1].startswith("x-y-")
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      csvs + ["summary.csv", "summary.json"])
+
+
 # --- divergence and learned hyperparameters -------------------------------------
 
 
@@ -208,6 +285,86 @@ def test_paper_figure_rate_axis_is_logarithmic_and_legend_outside(tmp_path):
 def test_plot_of_a_folder_without_a_run_exits_2(tmp_path, capsys):
   assert cli.main(["plot", str(tmp_path)]) == 2
   assert "holds no summary.json" in capsys.readouterr().err
+
+
+def _damaged(run, summary=None, csv_text=None):
+  """A copy of a finished comparison with its summary.json or sgd's CSV
+  replaced."""
+  import shutil
+  out = run.parent / f"damaged-{len(os.listdir(run.parent))}"
+  shutil.copytree(run, out)
+  if summary is not None:
+    (out / "summary.json").write_text(
+        summary if isinstance(summary, str) else json.dumps(summary))
+  if csv_text is not None:
+    (out / "sgd.csv").write_text(csv_text)
+  return out
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("small") / "run"
+  experiments.compare("sgd", out=str(out), **TINY_TASK)
+  return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: {}, "is damaged"),
+    (lambda s: "{not json", "does not load as JSON"),
+    (lambda s: [1, 2], "is damaged"),
+    (lambda s: s | {"files": [1]}, "is damaged"),
+    (lambda s: s | {"files": "summary.csv"}, "is damaged"),
+    (lambda s: s | {"results": [s["results"][0] | {"csv": "/etc/passwd"}]},
+     "is damaged"),
+    (lambda s: s | {"results": [s["results"][0] | {"csv": "../x.csv"}]},
+     "is damaged"),
+])
+def test_plot_of_a_damaged_summary_exits_2(small_run, capsys, damage, message):
+  out = _damaged(small_run, damage(_summary(small_run)))
+  assert cli.main(["plot", str(out)]) == 2
+  assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("", "is empty"),
+    ("Epoch,Loss\n1,x\n", "not a CSV of numbers"),
+    ("Epoch,Loss\n1,2,3\n", "not a CSV of numbers"),
+    ("Epoch,Loss\n1,2\n", "lacks the column(s) Iteration"),
+])
+def test_plot_of_a_malformed_csv_exits_2(small_run, capsys, csv_text, message):
+  out = _damaged(small_run, csv_text=csv_text)
+  assert cli.main(["plot", str(out)]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_csv_linking_out_of_the_run_folder_is_refused(small_run, tmp_path,
+                                                      capsys):
+  out = _damaged(small_run)
+  os.remove(out / "sgd.csv")
+  (tmp_path / "elsewhere.csv").write_text("secret")
+  os.symlink(tmp_path / "elsewhere.csv", out / "sgd.csv")
+  assert cli.main(["plot", str(out)]) == 2
+  assert "not a file name inside the run folder" in capsys.readouterr().err
+
+
+def test_plot_of_a_sweep_without_sweep_csv_exits_2(tmp_path, capsys):
+  (tmp_path / "summary.json").write_text(json.dumps(
+      {"config": {"command": "sweep"}, "files": ["sweep.csv"]}))
+  assert cli.main(["plot", str(tmp_path)]) == 2
+  assert "holds no sweep.csv" in capsys.readouterr().err
+
+
+def test_overwrite_never_removes_what_a_damaged_summary_names(small_run,
+                                                             capsys):
+  out = _damaged(small_run, _summary(small_run) | {
+      "files": "summary.csv"})
+  for name in ("s", "u"):
+    (out / name).write_text("mine")
+  before = sorted(os.listdir(out))
+  assert cli.main(["compare", "--optimizers", "sgd", "--out", str(out),
+                   "--overwrite", *TINY]) == 2
+  assert "is damaged" in capsys.readouterr().err
+  assert sorted(os.listdir(out)) == before
 
 
 # --- the command line itself -------------------------------------------------------

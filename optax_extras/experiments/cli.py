@@ -181,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   after writing what finished.
   """
   args = parser().parse_args(argv)
+  args.claimed = None  # a numbered folder _start created, until it is used
   from optax_extras.experiments import results, studies
   try:
     return {"compare": _compare, "sweep": _sweep, "plot": _plot}[
@@ -190,15 +191,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"optax-extras {args.command}: error: {error}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print(f"optax-extras {args.command}: interrupted; the finished results "
-          "are written, summary.json says \"complete\": false",
-          file=sys.stderr)
+    out = getattr(args, "out", None) or args.claimed
+    written = out and os.path.isfile(os.path.join(out, results.SUMMARY))
+    print(f"optax-extras {args.command}: interrupted; " + (
+        f"the finished results are written in {out}, summary.json says "
+        "\"complete\": false" if written else
+        "no optimizer had finished: nothing written"), file=sys.stderr)
     return 130
+  finally:
+    _remove_if_empty(args.claimed)
+
+
+def _remove_if_empty(folder: str | None) -> None:
+  """Removes the numbered folder a run claimed if it wrote nothing there (it
+  stopped with an error or Ctrl-C before its first optimizer finished)."""
+  if folder and os.path.isdir(folder) and not os.listdir(folder):
+    os.rmdir(folder)
 
 
 def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   """Checks the options, starts the runtime; the output folder (None on a
-  process other than 0) and the Task options."""
+  process other than 0) and the Task options.
+
+  Without --out, process 0 claims a fresh numbered folder here
+  (`results.claim_run_dir`: concurrent runs get distinct ones).
+  """
   from optax_extras.experiments import results
   if check_distributed(args.coordinator_address, args.num_processes,
                        args.process_id):
@@ -219,8 +236,11 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
       "hidden_size", "hidden_layers", "channels", "init")}
   if args.process_id:
     return None, task
-  base = os.path.join("runs", f"{args.command}-{args.task}-{args.dataset}")
-  return args.out or results.next_run_dir(base), task
+  if args.out is not None:
+    return args.out, task
+  args.claimed = results.claim_run_dir(
+      os.path.join("runs", f"{args.command}-{args.task}-{args.dataset}"))
+  return args.claimed, task
 
 
 def _writes(out: str | None, args: argparse.Namespace) -> str:

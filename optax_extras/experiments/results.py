@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
+import hashlib
 import json
 import math
 import os
@@ -91,7 +91,11 @@ def curves(result: Result) -> Curves:
 
 
 def file_stem(label: str) -> str:
-  """A file name for an optimizer label: `adam/sgd:lr=1e-3/` -> `adam-sgd-lr=1e-3-`."""
+  """A file name for an optimizer label: `adam/sgd:lr=1e-3/` -> `adam-sgd-lr=1e-3-`.
+
+  Several labels can give the same stem (runs of separators collapse);
+  `RunWriter` adds a hash of the label to a stem already taken.
+  """
   return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", label)
 
 
@@ -102,25 +106,62 @@ def json_value(value: Any) -> Any:
   return value
 
 
-def next_run_dir(base: str) -> str:
-  """`base`/run-NNN, numbered one past the highest there (not created)."""
-  taken = [int(m.group(1)) for path in glob.glob(os.path.join(base, "run-*"))
-           if (m := re.fullmatch(r"run-(\d+)", os.path.basename(path)))]
-  return os.path.join(base, f"run-{max(taken, default=0) + 1:03d}")
+def claim_run_dir(base: str) -> str:
+  """Creates and returns `base`/run-NNN, numbered one past the highest there.
+
+  The folder is claimed with `os.mkdir`, which fails if it exists: a run
+  started at the same time that took the number first makes this one try the
+  next, so concurrent runs never share a folder.
+
+  Raises:
+    RunDirError: `base` cannot be created or written to.
+  """
+  try:
+    os.makedirs(base, exist_ok=True)
+    taken = [int(m.group(1)) for name in os.listdir(base)
+             if (m := re.fullmatch(r"run-(\d+)", name))]
+    number = max(taken, default=0) + 1
+    while True:
+      path = os.path.join(base, f"run-{number:03d}")
+      try:
+        os.mkdir(path)
+        return path
+      except FileExistsError:
+        number += 1
+  except OSError as error:
+    raise RunDirError(f"cannot create a run folder in {base} "
+                      f"({error.strerror or error}); give --out") from None
+
+
+def _is_file_name(name: Any) -> bool:
+  """Whether `name` is a plain file name (no folder part, not . or ..)."""
+  return (isinstance(name, str) and name not in ("", ".", "..")
+          and os.path.basename(name) == name
+          and not (os.path.altsep and os.path.altsep in name))
+
+
+def _member(run_dir: str, name: Any) -> str:
+  """The path of file `name` that `run_dir`'s summary.json lists; RunDirError
+  unless it is a plain file name whose path stays inside `run_dir` (a link
+  pointing out of the folder is refused too)."""
+  path = os.path.join(run_dir, name) if _is_file_name(name) else None
+  if path is None or os.path.dirname(os.path.realpath(path)) != (
+      os.path.realpath(run_dir)):
+    raise RunDirError(f"{run_dir}/{SUMMARY} is damaged: it lists {name!r}, "
+                      "which is not a file name inside the run folder")
+  return path
 
 
 def _clear_earlier_run(out: str) -> None:
-  manifest = os.path.join(out, SUMMARY)
-  if not os.path.isfile(manifest):
+  if not os.path.isfile(os.path.join(out, SUMMARY)):
     raise RunDirError(
         f"--out {out} is not empty and holds no {SUMMARY} of an earlier run: "
         "refusing to write into it (--overwrite removes only an earlier "
         "run's files); choose another --out")
-  with open(manifest) as f:
-    files = json.load(f).get("files", [])
-  for name in {os.path.basename(name) for name in files} | {SUMMARY}:
-    path = os.path.join(out, name)
-    if os.path.isfile(path):
+  files = read_summary(out)["files"]
+  paths = [_member(out, name) for name in files]  # all checked, then removed
+  for path in paths + [os.path.join(out, SUMMARY)]:
+    if os.path.isfile(path) or os.path.islink(path):
       os.remove(path)
 
 
@@ -128,19 +169,28 @@ def prepare_out(out: str, overwrite: bool) -> str:
   """Creates the folder a run writes to: see the module docstring.
 
   Raises:
-    RunDirError: `out` is a file, or a non-empty folder without
-      `overwrite`, or a non-empty folder no earlier run wrote.
+    RunDirError: `out` is empty text, a file, a folder that cannot be
+      created or read (the reason is said), a non-empty folder without
+      `overwrite`, or a non-empty folder no earlier run wrote (or whose
+      summary.json is damaged).
   """
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise RunDirError(f"--out {out} is a file, not a folder")
-  if os.path.isdir(out) and os.listdir(out):
-    if not overwrite:
-      raise RunDirError(
-          f"--out {out} is not empty (an earlier run?): choose another "
-          "--out, leave --out out for a fresh numbered folder, or add "
-          "--overwrite to remove the earlier run's files first")
-    _clear_earlier_run(out)
-  os.makedirs(out, exist_ok=True)
+  if not out:
+    raise RunDirError("--out is empty: give a folder, or leave --out out for "
+                      "a fresh numbered one")
+  try:
+    if os.path.exists(out) and not os.path.isdir(out):
+      raise RunDirError(f"--out {out} is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out):
+      if not overwrite:
+        raise RunDirError(
+            f"--out {out} is not empty (an earlier run?): choose another "
+            "--out, leave --out out for a fresh numbered folder, or add "
+            "--overwrite to remove the earlier run's files first")
+      _clear_earlier_run(out)
+    os.makedirs(out, exist_ok=True)
+  except OSError as error:
+    raise RunDirError(f"--out {out}: cannot use it as the output folder "
+                      f"({error.strerror or error})") from None
   return out
 
 
@@ -153,12 +203,23 @@ def write_csv(path: str, columns: Sequence[str], rows) -> None:
 
 
 def read_csv(path: str) -> tuple[list[str], np.ndarray]:
-  """A numeric CSV: its header and a (rows, columns) float array."""
-  with open(path, newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader)
-    rows = [[float(x) for x in row] for row in reader]
-  return header, np.asarray(rows, np.float64).reshape(len(rows), len(header))
+  """A numeric CSV: its header and a (rows, columns) float array.
+
+  Raises:
+    RunDirError: the file cannot be read, has no header, or a row that is
+      not as long as the header or holds a non-number.
+  """
+  try:
+    with open(path, newline="") as f:
+      reader = csv.reader(f)
+      header = next(reader)
+      rows = [[float(x) for x in row] for row in reader]
+    return header, np.asarray(rows, np.float64).reshape(len(rows), len(header))
+  except StopIteration:
+    raise RunDirError(f"{path} is empty: expected a header row") from None
+  except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
+    raise RunDirError(f"{path} is not a CSV of numbers under a header "
+                      f"({error})") from None
 
 
 class RunWriter:
@@ -170,8 +231,15 @@ class RunWriter:
     self.files: list[str] = []
 
   def add(self, result: Result) -> None:
-    """Writes `result`'s CSV and the summaries, marked incomplete."""
+    """Writes `result`'s CSV and the summaries, marked incomplete.
+
+    The CSV is named by `file_stem`; if an earlier optimizer of the run took
+    that name, the first 8 hex digits of the label's SHA-256 are added.
+    """
     name = file_stem(result.label) + ".csv"
+    if name in self.files:
+      digest = hashlib.sha256(result.label.encode()).hexdigest()[:8]
+      name = f"{file_stem(result.label)}-{digest}.csv"
     write_csv(os.path.join(self.out, name), result.columns, result.rows)
     self.files.append(name)
     self.entries.append({"optimizer": result.label, **result.summary,
@@ -202,24 +270,56 @@ def write_json(out: str, document: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: str) -> dict[str, Any]:
-  """A run's summary.json; RunDirError if `run_dir` holds none."""
+  """A run's summary.json, checked: an object whose "config" is an object,
+  "files" a list of file names and "results" (if there) a list of objects,
+  each with text "optimizer" and "csv".
+
+  Raises:
+    RunDirError: `run_dir` holds no summary.json, or one that does not load
+      or is not as above.
+  """
   path = os.path.join(run_dir, SUMMARY)
   if not os.path.isfile(path):
     raise RunDirError(f"{run_dir} holds no {SUMMARY}: not a run folder")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      summary = json.load(f)
+  except (OSError, ValueError) as error:  # JSONDecodeError, UnicodeDecodeError
+    raise RunDirError(f"{path} does not load as JSON ({error})") from None
+  entries = summary.get("results", []) if isinstance(summary, dict) else None
+  if not (isinstance(summary, dict)
+          and isinstance(summary.get("config"), dict)
+          and isinstance(summary.get("files"), list)
+          and all(_is_file_name(name) for name in summary["files"])
+          and isinstance(entries, list)
+          and all(isinstance(e, dict) and isinstance(e.get("optimizer"), str)
+                  and _is_file_name(e.get("csv")) for e in entries)):
+    raise RunDirError(
+        f"{path} is damaged: expected an object with \"config\" (an object), "
+        "\"files\" (a list of file names) and \"results\" (a list of objects "
+        "with \"optimizer\" and \"csv\"), as a run writes it")
+  return summary
 
 
 def read_run(run_dir: str) -> list[Curves]:
-  """The curves of every optimizer a comparison in `run_dir` finished."""
+  """The curves of every optimizer a comparison in `run_dir` finished.
+
+  Raises:
+    RunDirError: a damaged summary.json, or a CSV it lists that is missing,
+      outside `run_dir`, malformed or without the COLUMNS.
+  """
   runs = []
   for entry in read_summary(run_dir).get("results", []):
-    path = os.path.join(run_dir, entry["csv"])
+    path = _member(run_dir, entry["csv"])
     if not os.path.isfile(path):
       raise RunDirError(f"{path}, listed in {SUMMARY}, is missing")
     header, values = read_csv(path)
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+      raise RunDirError(f"{path} lacks the column(s) {', '.join(missing)}")
+    step = entry.get("diverged_step")
     runs.append(Curves(entry["optimizer"], dict(zip(header, values.T)),
-                       entry.get("diverged_step")))
+                       step if isinstance(step, int) else None))
   return runs
 
 

@@ -315,11 +315,30 @@ class SweepWriter:
 
 
 def read_sweep(run_dir: str) -> tuple[list[dict[str, Any]], str]:
-  """A sweep's rows (from sweep.csv) and its option, for `plots.plot_sweep`."""
+  """A sweep's rows (from sweep.csv) and its option, for `plots.plot_sweep`.
+
+  Raises:
+    results.RunDirError: sweep.csv is missing, or not a CSV with the columns
+      `plots.plot_sweep` draws (numbers where numbers belong).
+  """
   import csv
-  with open(os.path.join(run_dir, "sweep.csv"), newline="") as f:
-    rows = list(csv.DictReader(f))
+  path = os.path.join(run_dir, "sweep.csv")
+  needed = ("optimizer", "option", "value", "train_loss", "train_loss_min",
+            "train_loss_max", "diverged")
   numeric = lambda k, v: v if k in ("optimizer", "option") else (
       v == "True" if k == "diverged" else float(v))
-  rows = [{k: numeric(k, v) for k, v in row.items()} for row in rows]
+  try:
+    with open(path, newline="") as f:
+      reader = csv.DictReader(f)
+      rows = list(reader)
+      missing = [k for k in needed if k not in (reader.fieldnames or ())]
+    if missing:
+      raise results.RunDirError(
+          f"{path} lacks the column(s) {', '.join(missing)}")
+    rows = [{k: numeric(k, v) for k, v in row.items()} for row in rows]
+  except FileNotFoundError:
+    raise results.RunDirError(f"{run_dir} holds no sweep.csv") from None
+  except (OSError, UnicodeDecodeError, csv.Error, ValueError,
+          TypeError) as error:
+    raise results.RunDirError(f"{path} is not a sweep's CSV ({error})") from None
   return rows, rows[0]["option"] if rows else ""
