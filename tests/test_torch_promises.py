@@ -492,3 +492,36 @@ def test_one_cycle_lr_resumes_like_the_uninterrupted_run(name):
   scheduler.load_state_dict(checkpoint["scheduler"])
   _train(second, opt, 7, first=5, scheduler=scheduler)
   _assert_same_run(second, straight)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"b1": 0.5}, (0.5, 0.95)), ({"b2": 0.5}, (0.8, 0.5))])
+def test_a_group_giving_one_beta_keeps_the_optimizers_other(given, expected):
+  model = _mlp()
+  opt = OptaxOptimizer(
+      [{"params": model[0].parameters(), **given},
+       {"params": model[2].parameters()}], optax.adam, lr=1e-2,
+      betas=(0.8, 0.95))
+  assert opt.param_groups[0]["betas"] == expected
+  assert opt.param_groups[1]["betas"] == (0.8, 0.95)
+  _train(model, opt, 1)
+  hyperparams = opt.opt_states[0].hyperparams
+  np.testing.assert_allclose([hyperparams["b1"], hyperparams["b2"]],
+                             expected, rtol=1e-6)
+
+
+def test_a_groups_own_tx_next_to_a_factory_takes_only_its_options():
+  reference, ours = _mlp(), _mlp()
+  _train(reference, torch.optim.SGD(
+      [{"params": reference[0].parameters(), "momentum": 0.9},
+       {"params": reference[2].parameters(), "momentum": 0.5, "lr": 1e-2}],
+      lr=5e-2), 10)
+  opt = OptaxOptimizer(
+      [{"params": ours[0].parameters(), "tx": optax.sgd(5e-2, momentum=0.9)},
+       {"params": ours[2].parameters(), "tx": optax.sgd, "momentum": 0.5}],
+      optax.adam, lr=1e-2)
+  assert set(opt.param_groups[0]) == {"params", "tx"}
+  assert {k: v for k, v in opt.param_groups[1].items()
+          if k not in ("params", "tx")} == {"lr": 1e-2, "momentum": 0.5}
+  _train(ours, opt, 10)
+  _assert_close(ours, reference, rtol=1e-5)

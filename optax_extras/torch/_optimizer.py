@@ -31,13 +31,16 @@ class OptaxOptimizer(torch.optim.Optimizer):
   the device allows.
 
   **Transformation.** ``tx`` is either a `optax.GradientTransformation`, used
-  as is for every group (a group may carry its own under the key ``"tx"``),
-  or a factory such as ``optax.adam`` or ``optax_extras.diffgrad``, called
-  per group with the group's options (the keyword arguments given here,
-  overridden by the group's dict). Options go by torch's names where torch
-  has one: ``lr`` (optax ``learning_rate``; defaults to the factory's
-  default), ``betas`` (``(b1, b2)``; ``b1=``/``b2=`` are accepted and shown
-  as ``betas``), ``momentum``, ``eps``, ``weight_decay``. The factory's
+  as is for every group, or a factory such as ``optax.adam`` or
+  ``optax_extras.diffgrad``, called per group with the group's options (the
+  keyword arguments given here, overridden by the group's dict). A group may
+  carry its own transformation or factory under the key ``"tx"``: it takes
+  only those of the optimizer's options that its factory has (a
+  transformation takes none). Options go by torch's names where torch has
+  one: ``lr`` (optax ``learning_rate``; defaults to the factory's default),
+  ``betas`` (``(b1, b2)``; ``b1=``/``b2=`` are accepted and shown as
+  ``betas``, a group giving one keeps the optimizer's other), ``momentum``,
+  ``eps``, ``weight_decay``. The factory's
   numeric defaults for these show in ``param_groups``, and these values are
   injected with `optax.inject_hyperparams`, so torch schedulers (e.g.
   ``OneCycleLR``, which cycles ``betas`` or ``momentum``) change them without
@@ -146,7 +149,7 @@ class OptaxOptimizer(torch.optim.Optimizer):
             f"Options {sorted(defaults)} need tx to be a factory (e.g. "
             "optax.adam), not a GradientTransformation.")
     elif callable(tx):
-      _options.rename_optax_options(tx, defaults)
+      _options.rename_optax_options(tx, defaults, _options.default_options(tx))
       defaults = {**_options.default_options(tx), **defaults}
     else:
       raise TypeError(
@@ -174,10 +177,26 @@ class OptaxOptimizer(torch.optim.Optimizer):
     return group.get("tx", self._tx)
 
   def add_param_group(self, param_group: dict[str, Any]) -> None:
+    """Adds a group; its options default to the optimizer's.
+
+    A group with its own ``tx`` inherits only the optimizer's options that
+    its ``tx`` has, a factory's own defaults filling the rest; a
+    transformation inherits none.
+    """
     factory = param_group.get("tx", self._tx)
+    own = factory is not self._tx
+    inherited = {key: value for key, value in self.defaults.items()
+                 if not own or _options.takes(factory, key)}
     if not isinstance(factory, optax.GradientTransformation):
-      _options.rename_optax_options(factory, param_group)
+      if own:
+        inherited = {**_options.default_options(factory), **inherited}
+      _options.rename_optax_options(factory, param_group, inherited)
+    for key, value in inherited.items():
+      param_group.setdefault(key, value)
+    given = set(param_group)
     super().add_param_group(param_group)
+    for key in set(self.defaults) - given:  # torch copies every default
+      del self.param_groups[-1][key]
     try:
       self._records.append(self._new_record(len(self._records)))
     except Exception:

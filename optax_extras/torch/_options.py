@@ -72,16 +72,23 @@ def default_options(factory: Callable[..., Any]) -> dict[str, Any]:
   return options
 
 
-def rename_optax_options(factory: Callable[..., Any],
-                         group: dict[str, Any]) -> None:
-  """Moves optax names given for torch ones (``b1``, ``b2``) to ``betas``."""
+def rename_optax_options(factory: Callable[..., Any], group: dict[str, Any],
+                         defaults: dict[str, Any]) -> None:
+  """Moves optax names given for torch ones (``b1``, ``b2``) to ``betas``;
+  a beta not given is the one of `defaults` (the optimizer's options)."""
   if "betas" not in torch_keys(factory) or not {"b1", "b2"} & set(group):
     return
   if "betas" in group:
     raise TypeError("Give betas or b1/b2, not both.")
-  defaults = default_options(factory).get("betas", (None, None))
-  group["betas"] = (group.pop("b1", defaults[0]),
-                    group.pop("b2", defaults[1]))
+  b1, b2 = defaults.get("betas", (None, None))
+  group["betas"] = (group.pop("b1", b1), group.pop("b2", b2))
+
+
+def takes(factory: Any, key: str) -> bool:
+  """Whether a factory `factory` has the option `key` (torch or optax name);
+  False for a transformation."""
+  return (not isinstance(factory, optax.GradientTransformation)
+          and (key in torch_keys(factory) or key in _parameters(factory)))
 
 
 def check_value(key: str, value: Any) -> None:
