@@ -4,6 +4,7 @@ python batches, and what they refuse (crafted pickles, bad headers, labels)."""
 import gzip
 import os
 import pickle
+import struct
 import subprocess
 import sys
 
@@ -244,5 +245,92 @@ def test_idx_header_disagreeing_with_the_file_length(tmp_path):
   path.write_bytes((0x801).to_bytes(4, "big") + (3).to_bytes(4, "big")
                    + bytes(5))
   with pytest.raises(data.DataError, match="too long: the header says shape "
-                     r"\(3,\) \(11 bytes\), the file has 13 bytes"):
+                     r"\(3,\) \(11 bytes\), the file has more than 11 bytes"):
     data.read_idx(str(path), 1)
+
+
+def test_idx_gzip_longer_than_its_header_says_is_not_decompressed_whole(
+    tmp_path):
+  import tracemalloc
+  path = tmp_path / "train-labels-idx1-ubyte.gz"
+  with gzip.open(path, "wb") as f:
+    f.write((0x801).to_bytes(4, "big") + (10).to_bytes(4, "big"))
+    f.write(bytes(64 << 20))  # 64 MB of zeros, 64 KB compressed
+  tracemalloc.start()
+  try:
+    with pytest.raises(data.DataError, match="too long: the header says shape "
+                       r"\(10,\) \(18 bytes\)"):
+      data.read_idx(str(path), 1)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 8 << 20
+
+
+def _cifar_with(directory, name, payload):
+  _write_cifar(directory)
+  (directory / name).write_bytes(payload)
+
+
+def _reconstructed_without_contents(n):
+  """A pickle of {b"data": _reconstruct(ndarray, (n, 3072), uint8)} with no
+  BUILD: numpy would hand back n * 3072 bytes of uninitialised memory."""
+  def global_(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+  def array(shape, dtype):
+    return (global_("numpy.core.multiarray", "_reconstruct") + b"("
+            + global_("numpy", "ndarray") + b"("
+            + b"".join(b"J" + struct.pack("<i", d) for d in shape) + b"t"
+            + global_("numpy", "dtype") + b"(X" + struct.pack("<I", len(dtype))
+            + dtype.encode() + b"\x89\x88tRtR")
+
+  return (b"\x80\x02}(C\x04data" + array((n, 3072), "u1") + b"C\x06labels"
+          + array((n,), "i8") + b"u.")
+
+
+def test_cifar_array_without_contents_is_refused(tmp_path):
+  _cifar_with(tmp_path, "data_batch_1", _reconstructed_without_contents(1000))
+  with pytest.raises(data.DataError, match="data_batch_1: not a CIFAR-10 "
+                     r"python batch.*refused array reconstruction of shape "
+                     r"\(1000, 3072\)"):
+    data.load("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({b"\xff\xfe": 1, b"data": np.zeros((3, 3072), np.uint8),
+      b"labels": [0] * 3}, r"key b'\\xff\\xfe' is not UTF-8 text"),
+    ({1: 2, "x": 3}, "key 1 is not text"),
+])
+def test_cifar_keys_that_are_not_text_are_refused(tmp_path, batch, message):
+  _cifar_with(tmp_path, "data_batch_2", pickle.dumps(batch, protocol=2))
+  with pytest.raises(data.DataError, match=message):
+    data.load("cifar10", str(tmp_path))
+
+
+def test_cifar_empty_test_set_is_refused(tmp_path):
+  _cifar_with(tmp_path, "test_batch", pickle.dumps(
+      {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=4))
+  with pytest.raises(data.DataError, match="cifar10: the valid set in .* has "
+                     "no images"):
+    data.load("cifar10", str(tmp_path))
+
+
+def test_mnist_train_and_test_images_of_different_shapes_are_refused(tmp_path):
+  _write_mnist(tmp_path, gz=False)
+  (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+      _idx(np.zeros((4, 14, 14))))
+  with pytest.raises(data.DataError, match=r"training images are \(28, 28, "
+                     r"1\) but the validation images \(14, 14, 1\)"):
+    data.load("mnist", str(tmp_path))
+
+
+def test_memory_error_while_loading_is_a_data_error(tmp_path, monkeypatch):
+  _write_cifar(tmp_path)
+
+  def out_of_memory(path):
+    raise MemoryError
+
+  monkeypatch.setattr(data, "read_cifar10_batch", out_of_memory)
+  with pytest.raises(data.DataError, match="cifar10: out of memory"):
+    data.load("cifar10", str(tmp_path))

@@ -5,8 +5,10 @@ stratified split keeps 360 for validation). ``mnist`` reads the four IDX
 files (raw or ``.gz``) from a directory; ``cifar10`` reads the python pickle
 batches from ``cifar-10-batches-py`` or from the directory itself, with an
 unpickler that admits only what those batches hold (dicts, lists, strings,
-bytes, numbers, numpy arrays and dtypes), so a crafted file cannot run code.
-Labels must be in 0..9. Pixels are
+bytes, numbers, numpy arrays and dtypes) and builds arrays only from the
+bytes stored in the file, so a crafted file cannot run code or make the
+loader allocate memory the file does not fill. IDX files are read no further
+than one byte past the size their header declares. Labels must be in 0..9. Pixels are
 scaled to [0, 1] and normalized as in the hypergradient repo's train.py:
 MNIST with mean 0.1307 and std 0.3081, CIFAR-10 per channel with train.py's
 means and stds; digits with the mean and std of its training pixels. Nothing
@@ -57,7 +59,13 @@ class Dataset:
 
 
 def load(name: str, data_dir: str | None = None) -> Dataset:
-  """Loads dataset `name` (one of DATASETS); raises DataError on bad files."""
+  """Loads dataset `name` (one of DATASETS).
+
+  Raises:
+    DataError: bad or missing files, an empty training or validation set (or
+      images of no pixels), training and validation images of different
+      shapes, or running out of memory while loading.
+  """
   if name == "digits":
     return load_digits()
   if name not in DATASETS:
@@ -66,7 +74,22 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
     raise DataError(f"{name} needs --data-dir, the directory holding its files")
   if not os.path.isdir(data_dir):
     raise DataError(f"{name}: data directory {data_dir} does not exist")
-  return load_mnist(data_dir) if name == "mnist" else load_cifar10(data_dir)
+  try:
+    dataset = (load_mnist if name == "mnist" else load_cifar10)(data_dir)
+  except MemoryError:
+    raise DataError(f"{name}: out of memory loading the files in "
+                    f"{data_dir}: more images than this machine holds") from None
+  for split in ("train", "valid"):
+    images = getattr(dataset, f"{split}_images")
+    if not len(images) or not images[0].size:
+      raise DataError(f"{name}: the {split} set in {data_dir} has no images "
+                      f"(shape {images.shape}, NHWC)")
+  if dataset.train_images.shape[1:] != dataset.valid_images.shape[1:]:
+    raise DataError(
+        f"{name}: the training images are {dataset.train_images.shape[1:]} "
+        f"but the validation images {dataset.valid_images.shape[1:]} (HWC) in "
+        f"{data_dir}")
+  return dataset
 
 
 def load_digits() -> Dataset:
@@ -92,37 +115,54 @@ def _mnist_path(data_dir: str, stem: str) -> str:
                   "(not found)")
 
 
+def _read_at_most(f, limit: int) -> bytes:
+  """Up to `limit` bytes of `f`, read (and decompressed) a chunk at a time,
+  so that a file longer than `limit` is never held whole."""
+  chunks, size = [], 0
+  while size < limit:
+    chunk = f.read(min(limit - size, 1 << 20))
+    if not chunk:
+      break
+    chunks.append(chunk)
+    size += len(chunk)
+  return b"".join(chunks)
+
+
 def read_idx(path: str, ndim: int) -> np.ndarray:
-  """An IDX file of unsigned bytes with `ndim` dimensions (gzipped or not)."""
+  """An IDX file of unsigned bytes with `ndim` dimensions (gzipped or not).
+
+  The header is read first and the body only up to one byte past the size
+  the header declares, so a file (or a gzip stream) longer than it says is
+  refused without being read or decompressed whole.
+  """
+  magic = 0x800 | ndim
+  header = 4 + 4 * ndim
   try:
-    if path.endswith(".gz"):
-      with gzip.open(path, "rb") as f:
-        content = f.read()
-    else:
-      with open(path, "rb") as f:
-        content = f.read()
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+      head = _read_at_most(f, header)
+      found = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
+      if found != magic:
+        raise DataError(
+            f"{path}: bad magic number "
+            f"{'(file too short)' if found is None else f'0x{found:08x}'}, "
+            f"expected 0x{magic:08x} (IDX, unsigned bytes, {ndim} dimensions)")
+      if len(head) < header:
+        raise DataError(f"{path}: truncated header ({len(head)} bytes, "
+                        f"expected {header})")
+      shape = tuple(int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big")
+                    for i in range(ndim))
+      size = math.prod(shape)  # Python ints: no overflow
+      body = _read_at_most(f, size + 1)
   except (OSError, EOFError, zlib.error) as error:
     raise DataError(f"{path}: cannot read it ({error})") from None
-  magic = 0x800 | ndim
-  if len(content) < 4 or int.from_bytes(content[:4], "big") != magic:
-    found = int.from_bytes(content[:4], "big") if len(content) >= 4 else None
+  if len(body) != size:
+    length = (f"{header + len(body)} bytes" if len(body) < size
+              else f"more than {header + size} bytes")
     raise DataError(
-        f"{path}: bad magic number "
-        f"{'(file too short)' if found is None else f'0x{found:08x}'}, "
-        f"expected 0x{magic:08x} (IDX, unsigned bytes, {ndim} dimensions)")
-  header = 4 + 4 * ndim
-  if len(content) < header:
-    raise DataError(f"{path}: truncated header ({len(content)} bytes, "
-                    f"expected {header})")
-  shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big")
-                for i in range(ndim))
-  expected = header + math.prod(shape)  # Python ints: no overflow
-  if len(content) != expected:
-    raise DataError(
-        f"{path}: {'truncated' if len(content) < expected else 'too long'}: "
-        f"the header says shape {shape} ({expected} bytes), the file has "
-        f"{len(content)} bytes")
-  return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
+        f"{path}: {'truncated' if len(body) < size else 'too long'}: "
+        f"the header says shape {shape} ({header + size} bytes), the file "
+        f"has {length}")
+  return np.frombuffer(body, np.uint8).reshape(shape)
 
 
 def _labeled(images: np.ndarray, labels: np.ndarray, where: str):
@@ -151,11 +191,26 @@ def load_mnist(data_dir: str) -> Dataset:
   return Dataset("mnist", *arrays["train"], *arrays["valid"])
 
 
+def _reconstruct_empty(subtype, shape, dtype):
+  """numpy's array reconstructor, admitted only as numpy's pickles call it:
+  an empty ndarray whose contents the pickle then sets from its own bytes
+  (``ndarray.__setstate__`` checks their length against the shape). A crafted
+  pickle that asks for a large shape here would get uninitialised memory of
+  that size from a file of a few bytes."""
+  if subtype is not np.ndarray or tuple(shape) != (0,):
+    raise pickle.UnpicklingError(
+        f"refused array reconstruction of shape {shape!r}: numpy's pickles "
+        "rebuild an array from its stored bytes, starting from shape (0,)")
+  return np.ndarray((0,), dtype)
+
+
 class _BatchUnpickler(pickle.Unpickler):
   """Admits only the globals a CIFAR-10 python batch refers to (numpy's array
   and scalar reconstructors and dtype, and `_codecs.encode`, which rebuilds
   bytes in a protocol-2 pickle written by Python 3); any other global (a
-  function a crafted pickle would call) is refused before it is looked up."""
+  function a crafted pickle would call) is refused before it is looked up.
+  The array reconstructor is `_reconstruct_empty`, so that every array's
+  contents come from the file."""
 
   ALLOWED = frozenset(
       (module, name)
@@ -168,14 +223,32 @@ class _BatchUnpickler(pickle.Unpickler):
       raise pickle.UnpicklingError(
           f"refused global {module}.{name}: a CIFAR-10 batch holds only "
           "dicts, lists, strings, numbers and numpy arrays")
+    if name == "_reconstruct":
+      return _reconstruct_empty
     return super().find_class(module, name)
+
+
+def _text_keys(batch: dict, path: str) -> dict:
+  """`batch` with its keys as text (a batch's keys are UTF-8 bytes)."""
+  keys = {}
+  for key in batch:
+    try:
+      keys[key] = key.decode() if isinstance(key, bytes) else key
+    except UnicodeDecodeError:
+      raise DataError(f"{path}: not a CIFAR-10 python batch (key {key!r} is "
+                      "not UTF-8 text)") from None
+    if not isinstance(keys[key], str):
+      raise DataError(f"{path}: not a CIFAR-10 python batch (key {key!r} is "
+                      "not text)")
+  return {keys[k]: v for k, v in batch.items()}
 
 
 def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
   """A CIFAR-10 python batch: uint8 images (N, 32, 32, 3) and labels.
 
   Read with `_BatchUnpickler`: a pickle that refers to anything else (e.g. a
-  function to call) is a DataError, and none of its code runs.
+  function to call) or builds an array without its contents is a DataError,
+  and none of its code runs. The keys must be text (UTF-8 bytes or str).
   """
   if not os.path.isfile(path):
     raise DataError(f"cifar10: expected the batch file {path} (not found)")
@@ -188,8 +261,7 @@ def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
   if not isinstance(batch, dict):
     raise DataError(f"{path}: not a CIFAR-10 python batch (a "
                     f"{type(batch).__name__}, expected a dict)")
-  batch = {k.decode() if isinstance(k, bytes) else k: v
-           for k, v in batch.items()}
+  batch = _text_keys(batch, path)
   if "data" not in batch or "labels" not in batch:
     raise DataError(f"{path}: not a CIFAR-10 python batch (keys "
                     f"{sorted(batch)}, expected 'data' and 'labels')")
