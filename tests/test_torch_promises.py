@@ -525,3 +525,18 @@ def test_a_groups_own_tx_next_to_a_factory_takes_only_its_options():
           if k not in ("params", "tx")} == {"lr": 1e-2, "momentum": 0.5}
   _train(ours, opt, 10)
   _assert_close(ours, reference, rtol=1e-5)
+
+
+def test_step_inside_inference_mode_keeps_the_params_trainable():
+  reference, ours = _mlp(), _mlp()
+  torch_opt = torch.optim.SGD(reference.parameters(), lr=5e-2)
+  opt = OptaxOptimizer(ours.parameters(), optax.sgd, lr=5e-2)
+  for step in range(3):
+    for model, optimizer in ((reference, torch_opt), (ours, opt)):
+      optimizer.zero_grad()
+      gen = torch.Generator().manual_seed(step)
+      model(torch.randn(8, 6, generator=gen)).square().mean().backward()
+      with torch.inference_mode():
+        optimizer.step()
+  assert not any(p.is_inference() for p in ours.parameters())
+  _assert_close(ours, reference, rtol=1e-5)

@@ -254,12 +254,17 @@ class OptaxOptimizer(torch.optim.Optimizer):
                         [_group.Cohort(indices, state, rate)], synced)
 
   def step(self, closure: Callable[[], Any] | None = None) -> Any:
-    """Takes one optimizer step; returns the closure's loss (if any)."""
+    """Takes one optimizer step; returns the closure's loss (if any).
+
+    Also inside `torch.inference_mode`, the new storage is made of normal
+    tensors: the parameters stay usable for training, as with torch's
+    in-place updates.
+    """
     loss = None
     if closure is not None:
       with torch.enable_grad():
         loss = closure()
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
       plans = [
           _plan.plan(self._factory(group), index, group, record)
           for index, (group, record) in enumerate(
