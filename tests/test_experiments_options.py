@@ -1,5 +1,7 @@
 """Tests of the study tool's optimizer lists: names, options, ranges, grids."""
 
+import os
+
 import numpy as np
 import optax
 import pytest
@@ -184,6 +186,7 @@ def test_grid_is_log_spaced_from_low_to_high():
     ("lr=1:0.1:3", "needs 0 < LOW < HIGH"),
     ("lr=0:1:3", "needs 0 < LOW < HIGH"),
     ("lr=1e-3:1:1", "N >= 2"),
+    ("lr=1e-3:1.0000001e-3:3", "the value 0.001 comes more than once"),
 ])
 def test_bad_grids_say_what_is_wrong(text, message):
   with pytest.raises(options.OptimizerError, match=message):
@@ -207,3 +210,33 @@ def test_sweep_with_a_bad_grid_value_exits_2(capsys):
                    "momentum=0.5:2:3"])
   err = capsys.readouterr().err
   assert code == 2 and "sgdn (--grid): momentum must be in [0, 1)" in err
+
+
+@pytest.mark.parametrize("text", ["sgd:lr=0.5", "adam/sgd:lr=0.5/"])
+def test_grid_over_an_option_the_list_fixes_is_refused(text):
+  with pytest.raises(options.OptimizerError, match=r"--grid sets lr of every "
+                     r"optimizer, but .* fixes lr=0.5"):
+    options.check_grid(options.parse([text]), options.parse_grid("lr=1e-3:1:3"))
+  # The grid may still range over an option the list fixes on another level.
+  options.check_grid(options.parse(["adam/sgd:lr=/0.5"]),
+                     options.parse_grid("lr=1e-3:1:3"))
+
+
+def test_empty_optimizer_list_is_refused():
+  with pytest.raises(options.OptimizerError, match="the optimizer list is "
+                     "empty"):
+    options.parse([])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--seed", "-1"], "--seed: a seed must be an integer in "
+     "[0, 2**32), got -1"),
+    (["compare", "--seed", str(2**32)], f"got {2**32}"),
+    (["compare", "--seed", "9" * 30], "got " + "9" * 30),
+    (["sweep", "--optimizers", "sgd", "--grid", "lr=1e-3:1e-2:3", "--seeds",
+      "1,2,1"], "--seeds lists seed 1 more than once"),
+])
+def test_bad_seeds_exit_2_naming_the_option(argv, message, capsys, tmp_path):
+  assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+  assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "out")

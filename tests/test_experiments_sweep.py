@@ -127,3 +127,35 @@ def test_one_at_a_time_and_two_devices_match_the_batched_grid(options_):
                             **(task | options_))
   for ours, theirs in zip(other.points, reference.points):
     np.testing.assert_allclose(ours["losses"], theirs["losses"], rtol=2e-5)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: experiments.compare("sgd", batch_size=0), studies.StudyError,
+     "batch_size must be an integer >= 1, got batch_size=0"),
+    (lambda: experiments.compare("sgd", devices=0), studies.StudyError,
+     "devices must be an integer >= 1, got devices=0"),
+    (lambda: experiments.compare("sgd", task="foo"), studies.StudyError,
+     "task must be one of logreg, mlp, cnn, got task='foo'"),
+    (lambda: experiments.compare("sgd", hidden_size=0), studies.StudyError,
+     "hidden_size must be None"),
+    (lambda: experiments.compare("sgd", channels=()), studies.StudyError,
+     "channels must be a non-empty sequence"),
+    (lambda: experiments.compare("sgd", init="xavier"), studies.StudyError,
+     "init must be one of torch, flax"),
+    (lambda: experiments.compare([]), options.OptimizerError,
+     "the optimizer list is empty"),
+    (lambda: experiments.compare("sgd", seed=2**32), studies.StudyError,
+     "seed: a seed must be an integer in [0, 2**32)"),
+    (lambda: experiments.sweep("sgd", "lr=1e-3:1:3", seeds=()),
+     studies.StudyError, "seeds: give at least one seed"),
+    (lambda: experiments.sweep("sgd", "lr=1e-3:1:3", seeds=(1, 1)),
+     studies.StudyError, "seeds lists seed 1 more than once"),
+    (lambda: experiments.sweep("sgd", "lr=1e-3:1:3", epochs=0),
+     studies.StudyError, "epochs must be an integer >= 1"),
+])
+def test_python_entry_points_check_what_the_command_line_checks(
+    call, error, message, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(error) as raised:
+    call()
+  assert message in str(raised.value)

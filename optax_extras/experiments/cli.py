@@ -253,6 +253,7 @@ def _writes(out: str | None, args: argparse.Namespace) -> str:
 def _compare(args: argparse.Namespace) -> int:
   from optax_extras.experiments import results, studies
   options.parse(args.optimizers)
+  studies.check_seeds([args.seed], "--seed")
   out, task = _start(args)
   import jax
   print(f"{args.task} on {args.dataset}, {args.epochs} epochs of batches of "
@@ -273,6 +274,7 @@ def _sweep(args: argparse.Namespace) -> int:
   from optax_extras.experiments import results, studies
   choices = options.parse(args.optimizers)
   options.check_grid(choices, options.parse_grid(args.grid))
+  studies.check_seeds(args.seeds, "--seeds")
   out, task = _start(args)
   print(f"sweep of {args.grid} over {len(choices)} optimizer(s) and seeds "
         f"{','.join(map(str, args.seeds))} on {args.task}/{args.dataset}, "

@@ -272,8 +272,9 @@ def parse(texts: Sequence[str]) -> list[Choice]:
   """Parses optimizer lists (see the module docstring) into checked choices.
 
   Raises:
-    OptimizerError: naming the unknown name or option and the valid ones, or
-      the optimizer, option and value out of its range.
+    OptimizerError: naming the unknown name or option and the valid ones,
+      the optimizer, option and value out of its range, an optimizer listed
+      twice, or no optimizer at all.
 
   Example:
     >>> [c.label for c in parse(["sgd,adam_hd:lr=0.01,hypergrad_lr=1e-7"])]
@@ -299,6 +300,9 @@ def parse(texts: Sequence[str]) -> list[Choice]:
     if any(c.label == choice.label for c in choices):
       raise OptimizerError(f"optimizer {choice.label!r} is listed twice")
     choices.append(choice)
+  if not choices:
+    raise OptimizerError("the optimizer list is empty: name at least one "
+                         f"optimizer; valid names: {valid_names()}")
   return choices
 
 
@@ -311,7 +315,8 @@ class Grid:
 
 
 def parse_grid(text: str) -> Grid:
-  """``NAME=LOW:HIGH:N``: N log-spaced values from LOW to HIGH (N >= 2).
+  """``NAME=LOW:HIGH:N``: N log-spaced values from LOW to HIGH (N >= 2),
+  rounded to 6 significant digits, which must leave them distinct.
 
   Example:
     >>> parse_grid("lr=1e-3:1e-1:3").values
@@ -333,16 +338,30 @@ def parse_grid(text: str) -> Grid:
         f"log-spaced grid, got LOW={low!r}, HIGH={high!r}, N={count}")
   ratio = math.log(high / low) / (count - 1)
   values = tuple(float(f"{low * math.exp(ratio * i):.6g}") for i in range(count))
+  repeated = sorted({v for v in values if values.count(v) > 1})
+  if repeated:
+    raise OptimizerError(
+        f"--grid {text!r}: the value {repeated[0]:g} comes more than once "
+        "(values are rounded to 6 significant digits): widen LOW:HIGH or "
+        "lower N")
   return Grid(name.strip(), values)
 
 
 def check_grid(choices: Sequence[Choice], grid: Grid) -> None:
-  """Every choice has the grid's option and every grid value is in range."""
+  """Every choice has the grid's option, does not fix it itself (the grid
+  sets it) and takes every grid value (in range)."""
   for choice in choices:
     if grid.name not in choice.option_names():
       raise OptimizerError(
           f"--grid option {grid.name!r} is not an option of {choice.name}"
           f"{' (model level)' if choice.is_stack else ''}; valid options: "
           + ", ".join(choice.option_names()))
+    given = choice.options[0] if choice.is_stack else choice.options
+    if grid.name in given:
+      raise OptimizerError(
+          f"--grid sets {grid.name} of every optimizer, but {choice.label} "
+          f"fixes {grid.name}={given[grid.name]:g}"
+          f"{' (model level)' if choice.is_stack else ''}: leave "
+          f"{grid.name} out of --optimizers")
     for value in grid.values:
       check_value(f"{choice.label} (--grid)", grid.name, value)

@@ -39,9 +39,50 @@ class Task:
   channels: tuple[int, ...] = (32, 64, 128)
   init: str = "torch"
 
+  def __post_init__(self):
+    """The checks the command line's options make; StudyError naming the
+    field and the value."""
+    def require(ok: bool, field: str, expected: str) -> None:
+      if not ok:
+        raise StudyError(f"{field} must be {expected}, got "
+                         f"{field}={getattr(self, field)!r}")
+    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+    require(self.task in options_lib.TASKS, "task",
+            f"one of {', '.join(options_lib.TASKS)}")
+    require(self.dataset in data_lib.DATASETS, "dataset",
+            f"one of {', '.join(data_lib.DATASETS)}")
+    require(self.init in options_lib.INITS, "init",
+            f"one of {', '.join(options_lib.INITS)}")
+    for field in ("epochs", "batch_size", "devices", "hidden_layers"):
+      require(positive(getattr(self, field)), field, "an integer >= 1")
+    require(self.hidden_size is None or positive(self.hidden_size),
+            "hidden_size", "None (the task's default) or an integer >= 1")
+    require(isinstance(self.channels, (tuple, list)) and self.channels
+            and all(map(positive, self.channels)), "channels",
+            "a non-empty sequence of integers >= 1")
+
   def config(self) -> dict[str, Any]:
     return dataclasses.asdict(self) | dict(
         hidden_size=self.hidden_size or HIDDEN_SIZE[self.task])
+
+
+SEED_LIMIT = 2**32
+
+
+def check_seeds(seeds: Sequence[int], option: str) -> None:
+  """StudyError naming `option` unless `seeds` is a non-empty sequence of
+  distinct integers in [0, 2**32): the initial weights take a 32-bit seed,
+  so a larger one would repeat one below 2**32."""
+  if not seeds:
+    raise StudyError(f"{option}: give at least one seed")
+  for seed in seeds:
+    if (isinstance(seed, bool) or not isinstance(seed, int)
+        or not 0 <= seed < SEED_LIMIT):
+      raise StudyError(f"{option}: a seed must be an integer in [0, 2**32), "
+                       f"got {seed!r}")
+  repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+  if repeated:
+    raise StudyError(f"{option} lists seed {repeated[0]} more than once")
 
 
 def _load(task: Task):
@@ -96,7 +137,7 @@ def compare(optimizers: str | Sequence[str] = ",".join(options_lib.PAPER), *,
   Args:
     optimizers: an optimizer list (``"sgd,adam_hd:hypergrad_lr=1e-7"``, see
       `options`), or several.
-    seed: initial weights and batch order.
+    seed: initial weights and batch order, in [0, 2**32).
     out: a new or empty folder to write CSVs, summaries and figures to (as
       they finish); None writes nothing.
     overwrite: if `out` holds an earlier run, remove its files first.
@@ -108,8 +149,10 @@ def compare(optimizers: str | Sequence[str] = ",".join(options_lib.PAPER), *,
     optimizers are written (summary marked incomplete) and it propagates.
 
   Raises:
-    options.OptimizerError: a bad name, option or value (before training).
-    StudyError: bad data, devices or output folder.
+    options.OptimizerError: a bad name, option or value, or no optimizer
+      (before training).
+    StudyError: a bad seed or `Task` field (checked as the command line
+      checks them), bad data, devices or output folder.
 
   Example:
     >>> run = compare("sgd,adam_hd", epochs=1, hidden_size=8, hidden_layers=1)
@@ -119,8 +162,9 @@ def compare(optimizers: str | Sequence[str] = ",".join(options_lib.PAPER), *,
   from optax_extras.experiments import optimizers as optimizers_lib
   texts = [optimizers] if isinstance(optimizers, str) else list(optimizers)
   choices = options_lib.parse(texts)
-  built = [optimizers_lib.build(c) for c in choices]
+  check_seeds([seed], "seed")
   task = Task(**task_options)
+  built = [optimizers_lib.build(c) for c in choices]
   experiment = _experiment(task, _load(task), seed)
   writer = None
   if out is not None:
@@ -220,8 +264,8 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
     optimizers: an optimizer list (see `options`); the grid's option is set
       on each (on a stack, on the model's level: ``lr`` is its rate).
     grid: ``NAME=LOW:HIGH:N``, N log-spaced values (`options.parse_grid`).
-    seeds: each seed gives its own initial weights and batch order; every
-      optimizer and value of a seed shares them.
+    seeds: distinct seeds in [0, 2**32); each gives its own initial weights
+      and batch order; every optimizer and value of a seed shares them.
     out: a new or empty folder for sweep.csv, summary.json and
       robustness.png (written as each optimizer finishes); None: none.
     overwrite: if `out` holds an earlier run, remove its files first.
@@ -235,9 +279,11 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
     A `Sweep`.
 
   Raises:
-    options.OptimizerError: a bad name, option, grid or value (before
-      training; every grid value is checked against the option's range).
-    StudyError: bad data, devices or output folder.
+    options.OptimizerError: a bad name, option, grid or value, or no
+      optimizer (before training; every grid value is checked against the
+      option's range, see `options.parse_grid` and `options.check_grid`).
+    StudyError: bad or repeated seeds, a bad `Task` field (checked as the
+      command line checks them), bad data, devices or output folder.
 
   Example:
     >>> run = sweep("sgd", "lr=0.01:1:3", epochs=1, hidden_size=8,
@@ -249,6 +295,7 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
   texts = [optimizers] if isinstance(optimizers, str) else list(optimizers)
   choices, parsed = options_lib.parse(texts), options_lib.parse_grid(grid)
   options_lib.check_grid(choices, parsed)
+  check_seeds(seeds, "seeds")
   task = Task(**task_options)
   dataset = _load(task)
   experiments = {seed: _experiment(task, dataset, seed) for seed in seeds}
