@@ -2,7 +2,9 @@
 in param_groups, safe checkpoints, per-parameter steps, schedulers."""
 
 import contextlib
+import copy
 import io
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -540,3 +542,16 @@ def test_step_inside_inference_mode_keeps_the_params_trainable():
         optimizer.step()
   assert not any(p.is_inference() for p in ours.parameters())
   _assert_close(ours, reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("copy_", ["deepcopy", "pickle", "torch.save"])
+def test_copying_or_pickling_is_refused_with_a_pointer_to_state_dict(copy_):
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 1)
+  snapshot = _snapshot(opt)
+  with pytest.raises(TypeError, match=r"state_dict\(\).*load_state_dict"):
+    {"deepcopy": copy.deepcopy, "pickle": pickle.dumps,
+     "torch.save": lambda o: torch.save(o, io.BytesIO())}[copy_](opt)
+  _assert_unchanged(opt, snapshot)
+  _train(model, opt, 1, first=1)

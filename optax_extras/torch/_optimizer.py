@@ -101,7 +101,8 @@ class OptaxOptimizer(torch.optim.Optimizer):
   what the next step uses, as in torch: a value written there after the last
   step before saving (a scheduler's ``betas``, a learned rate's ``lr``)
   takes effect then, so a resumed run continues the uninterrupted one. The
-  state of a torch optimizer loads with `load_torch_state`.
+  state of a torch optimizer loads with `load_torch_state`. ``copy.deepcopy``,
+  `pickle` and ``torch.save(opt)`` raise a TypeError: save ``state_dict()``.
 
   Args:
     params: tensors or dicts of parameter groups, as for any torch optimizer.
@@ -158,6 +159,16 @@ class OptaxOptimizer(torch.optim.Optimizer):
     self._allow_complex = allow_complex
     self._records: list[_group.Group] = []
     super().__init__(params, defaults)
+
+  def __getstate__(self) -> Any:
+    """Refused: copy.deepcopy, pickle and torch.save(opt) would lose the
+    transformations and JAX states (torch's optimizers keep only their
+    dicts); a checkpoint is ``state_dict()``."""
+    raise TypeError(
+        "An OptaxOptimizer cannot be copied or pickled (its optax "
+        "transformations and JAX states are not plain data): save "
+        "opt.state_dict() and load it into a new OptaxOptimizer with "
+        "load_state_dict().")
 
   @property
   def opt_states(self) -> list[Any]:
