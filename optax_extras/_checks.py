@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -23,7 +24,9 @@ def concrete_value(value: Any) -> float | None:
     return None
   if isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
     array = np.asarray(value)
-    if array.shape == () and np.issubdtype(array.dtype, np.number):
+    # jnp.issubdtype knows bfloat16 and the other ml_dtypes (np's does not):
+    # optax.inject_hyperparams stores hyperparameters in the params' dtype.
+    if array.shape == () and jnp.issubdtype(array.dtype, jnp.number):
       if np.iscomplexobj(array):
         return None
       return float(array)
@@ -38,7 +41,14 @@ def _is_concrete_array(value: Any) -> bool:
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-  raise ValueError(f"{name} must be {allowed}, got {name}={value!r}.")
+  hint = ""
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and (
+      jnp.finfo(dtype).bits < 32):
+    hint = (f" (a {jnp.dtype(dtype).name} value: optax.inject_hyperparams "
+            "stores hyperparameters in the params' dtype unless given "
+            "hyperparam_dtype=jnp.float32)")
+  raise ValueError(f"{name} must be {allowed}, got {name}={value!r}{hint}.")
 
 
 def check_range(
@@ -53,11 +63,12 @@ def check_range(
   """Raises ValueError unless a concrete `value` lies in the stated interval.
 
   NaN is never in range. Schedules and traced values pass unchecked; strings,
-  None and containers are rejected.
+  None, bools, complex numbers and containers are rejected.
   """
   number = concrete_value(value)
   if number is None:
-    if (value is None or isinstance(value, (str, bytes, list, tuple, dict))
+    if (value is None
+        or isinstance(value, (bool, complex, str, bytes, list, tuple, dict))
         or _is_concrete_array(value)):
       _fail(name, value, "a real number (a scalar)")
     return

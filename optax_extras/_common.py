@@ -106,6 +106,9 @@ def partial_vdots(a: jax.Array, *bs: jax.Array,
   device, as an all-reduce would move. Jitted, so that a tree's many leaves
   of one shape and dtype are traced and lowered once (XLA inlines the calls).
 
+  Where ``a`` is zero the product is zero, also where ``b`` is NaN or
+  infinite.
+
   Args:
     a: an array.
     *bs: arrays of the shape of ``a``.
@@ -134,8 +137,14 @@ def partial_vdots(a: jax.Array, *bs: jax.Array,
     return tuple(map(jnp.add, xs, ys))
 
   pieces = []
+  a_wide = a.astype(dtype)
   for b in bs:
-    rows = grouped_rows(a.astype(dtype) * b.astype(dtype))
+    # A zero of `a` contributes 0 whatever `b` is (a strong zero): the
+    # tangent of sqrt(v) at v = 0, where a gradient has always been zero, is
+    # 0 * inf = NaN, and would otherwise make the whole product NaN.
+    product = jnp.where(a_wide == 0, jnp.zeros([], dtype),
+                        a_wide * b.astype(dtype))
+    rows = grouped_rows(product)
     pieces.extend(rows[:, part] for part in range(parts))
   zeros = tuple(jnp.zeros([], dtype) for _ in pieces)
   partial_sums = jax.lax.reduce(tuple(pieces), zeros, add, (1,))

@@ -121,7 +121,10 @@ def _initial_rates(learning_rate: optax.ScalarOrSchedule):
   given = learning_rate(0) if callable(learning_rate) else learning_rate
   rate = _base_rate(learning_rate, jnp.zeros([], jnp.int32),
                     _common.learned_rate_dtype(given))
-  return rate, jnp.copy(rate)
+  # Copies: a rate given as an array (or injected by
+  # optax.inject_hyperparams, which keeps its own) must not be a state leaf
+  # too, or a donated step would donate one buffer twice.
+  return jnp.copy(rate), jnp.copy(rate)
 
 
 def _learned_rates(learning_rate: optax.ScalarOrSchedule, state: Any,
@@ -132,7 +135,8 @@ def _learned_rates(learning_rate: optax.ScalarOrSchedule, state: Any,
   The last step's rate moves by the change of the base, then by each
   hypergradient increment in turn (one per leaf with
   ``hypergradient="per_tensor"``), clipped to `bounds` after each; the
-  result holds the rate after each increment.
+  result holds the rate after each increment (and may end with one more
+  entry, equal to the last rate, see below).
 
   Several increments or a clip go through a `jax.lax.scan`, not a Python
   loop: XLA:CPU copies such a chain of scalar operations (with the sum of
@@ -152,6 +156,8 @@ def _learned_rates(learning_rate: optax.ScalarOrSchedule, state: Any,
     return (start + increments[0].astype(dtype))[None], base
   if len(increments) == 1:
     increments = [increments[0], jnp.zeros([], dtype)]
+  if not increments:  # per tensor, no leaves: the base's change alone
+    increments = [jnp.zeros([], dtype)]
 
   def step(rate, increment):
     rate = jnp.clip(rate + increment, *bounds).astype(dtype)
@@ -542,7 +548,8 @@ def adam_hd(
 
     treedef = jax.tree.structure(updates)
     leaf_rates = treedef.unflatten(
-        list(rates) if per_tensor else [rates[-1]] * treedef.num_leaves)
+        list(rates)[:treedef.num_leaves] if per_tensor
+        else [rates[-1]] * treedef.num_leaves)
     new_updates, mu, nu = _common.map_leaves(
         leaf_step, (updates, params, state.mu, state.nu, partials,
                     leaf_rates), 3)

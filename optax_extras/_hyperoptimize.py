@@ -62,6 +62,9 @@ class Space(NamedTuple):
       values: keeps float32 stored values correctly rounded).
     in_domain: whether a concrete natural value is allowed.
     domain: the allowed natural values, in words.
+    array_in_domain: the same test on an array of natural values (jnp):
+      ``(tanh(x) + 1)/2`` rounds to exactly 0 or 1, and ``exp(x)`` to 0 or
+      inf, for large stored values.
   """
 
   to_natural: Callable[[jax.Array], jax.Array]
@@ -69,6 +72,7 @@ class Space(NamedTuple):
   to_stored_exact: Callable[[float], float]
   in_domain: Callable[[float], bool]
   domain: str
+  array_in_domain: Callable[[jax.Array], jax.Array]
 
 
 def _atanh_exact(y: float) -> float:
@@ -78,17 +82,19 @@ def _atanh_exact(y: float) -> float:
 
 SPACES: dict[str, Space] = {
     "identity": Space(lambda x: x, lambda y: y, lambda y: y, math.isfinite,
-                      "a finite number"),
+                      "a finite number", jnp.isfinite),
     "unit_interval": Space(
         lambda x: (jnp.tanh(x) + 1.0) / 2.0,
         lambda y: jnp.arctanh(y * 2.0 - 1.0),
         _atanh_exact,
         lambda y: 0.0 < y < 1.0,
-        "in (0, 1)"),
+        "in (0, 1)",
+        lambda y: (y > 0.0) & (y < 1.0)),
     "square": Space(jnp.square, jnp.sqrt, math.sqrt,
-                    lambda y: 0.0 <= y < math.inf, "finite and >= 0"),
+                    lambda y: 0.0 <= y < math.inf, "finite and >= 0",
+                    lambda y: (y >= 0.0) & jnp.isfinite(y)),
     "log": Space(jnp.exp, jnp.log, math.log, lambda y: 0.0 < y < math.inf,
-                 "finite and > 0"),
+                 "finite and > 0", lambda y: (y > 0.0) & jnp.isfinite(y)),
 }
 
 
@@ -148,7 +154,7 @@ class Learned:
       low < high. After every hyper-update the stored value is projected
       onto the stored-space image of the interval (clipping the natural
       value, exactly, since each space is monotone; for ``"square"`` the
-      stored value is kept >= sqrt(low) >= 0).
+      stored value is kept >= sqrt(low), or >= 0 without a low bound).
 
   Raises:
     ValueError: from `hyperoptimize`, for an unknown ``space``, a
@@ -265,6 +271,15 @@ def _check_initial_value(name: str, spec: Learned, space: Space,
     raise ValueError(
         f"initial value of hyperparameter {name!r} must be {space.domain} for "
         f"space={spec.space!r}, got {name}={number!r}.")
+  with jax.ensure_compile_time_eval():  # concrete also inside a trace
+    natural, stored = _initial_pair(value, space)
+    rounded = float(space.to_natural(stored))
+  if not (space.in_domain(float(natural)) and space.in_domain(rounded)):
+    raise ValueError(
+        f"initial value of hyperparameter {name!r} must be {space.domain} for "
+        f"space={spec.space!r} also in {natural.dtype} (the precision it is "
+        f"learned in), got {name}={number!r}, which rounds to {rounded!r} "
+        "there.")
   low, high = spec.bounds
   if (low is not None and number < low) or (high is not None and
                                              number > high):
@@ -497,17 +512,22 @@ def hyper_step(hyper_optimizer: optax.GradientTransformation,
                ) -> tuple[dict[str, Any], optax.OptState]:
   """The hyper-level's step on the stored values, projected onto their
   bounds. Kept as it was (values and hyper-level state) unless the
-  hypergradient and the new values, stored and natural, are all finite."""
+  hypergradient and the new stored values are all finite and the new natural
+  values lie in their spaces' domains at their precision (a float32
+  ``unit_interval`` value that rounds to 1 is rejected)."""
   hyper_updates, new_hyper_state = hyper_optimizer.update(
       hypergrad, hyper_state, raw)
   new_raw = optax.apply_updates(raw, hyper_updates)
   for key, (low, high) in stored_bounds.items():
     new_raw[key] = jax.tree.map(lambda x, lo=low, hi=high: jnp.clip(x, lo, hi),
                                 new_raw[key])
-  checked = (hypergrad, new_raw, natural_values(new_raw))
   finite = jnp.array(True)  # also with no values (per_leaf, no params)
-  for x in jax.tree.leaves(checked):
+  for x in jax.tree.leaves((hypergrad, new_raw)):
     finite &= jnp.all(jnp.isfinite(x))
+  for key, value in new_raw.items():
+    space = SPACES[_parse_stored_key(key)[1]]
+    for x in jax.tree.leaves(value):
+      finite &= jnp.all(space.array_in_domain(space.to_natural(x)))
   return jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                       (new_raw, new_hyper_state), (raw, hyper_state))
 
@@ -598,7 +618,12 @@ def hyperoptimize(
   * The hypergradient is exact and first order: the previous update is
     re-evaluated from the stored previous state and gradient, and
     differentiated only with respect to the hyperparameters, never through
-    the model (see `hypergradient`).
+    the model (see `hypergradient`). An element whose new gradient is zero
+    adds zero, also where the tangent is not finite: with `optax.adam`'s
+    default ``eps_root=0`` the tangent of ``sqrt(v)`` with respect to
+    ``b2`` is ``0 * inf`` where a gradient has always been zero (a dead
+    unit), which would otherwise make the hypergradient NaN and skip every
+    hyper-update.
   * Memory: the optimizer below is stored one step behind (its state before
     the last step and the last gradient), so the state is that optimizer's
     plus one params-sized tree (plus the previous params with
@@ -609,17 +634,24 @@ def hyperoptimize(
     recomputation of the optimizer's previous state, and its update; the
     model is never touched. The first step computes a hypergradient too and
     discards it (a select, not a `jax.lax.cond`).
-  * A hyper-update whose hypergradient, or whose new value (stored or
-    natural, e.g. ``exp`` of a huge stored log-rate), is not finite is
-    skipped: the stored hyperparameters and the hyper-level state are kept,
+  * A hyper-update whose hypergradient or new stored value is not finite,
+    or whose new natural value leaves its space's domain at the precision
+    it is learned in (``exp`` of a huge stored log-rate is inf, a float32
+    ``unit_interval`` value rounds to exactly 1), is skipped: the stored
+    hyperparameters and the hyper-level state are kept,
     and the optimizer below steps with them. A non-finite *gradient* still
     reaches the optimizer below (as in optax); wrap in
     `optax.apply_if_finite`.
   * With a ``per_leaf`` hyperparameter the optimizer runs separately on each
     leaf (its state is a params-shaped tree of per-leaf states): right for
     per-element rules, not for rules that couple leaves (global norms).
-  * The factory is called with traced values; it must give the same state
-    structure for every value (as for `optax.inject_hyperparams`). Traced
+  * The factory is called with the learned values as arrays (traced under
+    `jax.jit`; concrete when called eagerly, where a factory that checks its
+    arguments may raise on a value a jitted step would use); it must give
+    the same state structure for every value (as for
+    `optax.inject_hyperparams`). Extra keyword arguments of ``update`` (e.g.
+    `optax.polyak_sgd`'s ``value``) are not passed to it: the last step is
+    re-evaluated from stored state, and they are not stored. Traced
     initial values (e.g. under `optax.inject_hyperparams`) are accepted
     unchecked, as everywhere in this package.
   * Stored values are kept under the keys ``"SPACE(NAME)"`` (e.g.
@@ -678,8 +710,10 @@ def hyperoptimize(
   for name, spec in specs.items():
     if spec.bounds != (None, None):
       to_stored = SPACES[spec.space].to_stored_exact
-      stored_bounds[stored_key(name, spec.space)] = tuple(
-          None if b is None else to_stored(b) for b in spec.bounds)
+      low, high = (None if b is None else to_stored(b) for b in spec.bounds)
+      if spec.space == "square" and low is None:
+        low = 0.0  # x^2 is monotone only for x >= 0
+      stored_bounds[stored_key(name, spec.space)] = (low, high)
 
   def init_fn(params):
     natural, raw = _initial_hyperparameters(specs, params)
@@ -841,7 +875,11 @@ def set_hyperparameters(opt_state: optax.OptState, values: Mapping[str, Any],
     x = \mathrm{space}^{-1}(h),
 
   so the next step continues from them (the hyper-level's own state is
-  kept). Bounds are applied at the next hyper-update.
+  kept). Bounds are applied at the next hyper-update. The optimizer below
+  is kept one step behind, so the new values also apply to the last step
+  already taken: its state after that step (e.g. Adam's moments, with a new
+  ``b1``) is recomputed with them at the next update, where
+  `optax.inject_hyperparams` would only change the steps to come.
 
   Args:
     opt_state: a state holding exactly one `HyperoptimizeState` stack (also

@@ -330,7 +330,8 @@ def SGDPerParam(  # pylint: disable=invalid-name
   if optimizer is not None:
     return _hyperoptimize(_sgd, {"alpha": Learned(alpha, per_leaf=True)},
                          optimizer)
-  if _checks.concrete_value(alpha) is not None:
+  # A scalar, also a traced one (optax.inject_hyperparams): one rate for all.
+  if not isinstance(alpha, (dict, list, tuple)) and jnp.ndim(alpha) == 0:
     return _sgd(alpha)
 
   def init_fn(tree):
