@@ -555,3 +555,34 @@ def test_copying_or_pickling_is_refused_with_a_pointer_to_state_dict(copy_):
      "torch.save": lambda o: torch.save(o, io.BytesIO())}[copy_](opt)
   _assert_unchanged(opt, snapshot)
   _train(model, opt, 1, first=1)
+
+
+def test_state_dict_hooks_run_as_in_torch():
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 1)
+  calls = []
+
+  def renamed_back(optimizer, state_dict):
+    calls.append(("load_pre", optimizer))
+    state_dict = dict(state_dict)
+    state_dict["param_groups"] = state_dict.pop("groups")
+    return state_dict
+
+  def renamed(optimizer, state_dict):
+    calls.append(("post", optimizer))
+    state_dict["groups"] = state_dict.pop("param_groups")
+    state_dict["epoch"] = 3
+    return state_dict
+
+  opt.register_state_dict_pre_hook(lambda o: calls.append(("pre", o)))
+  opt.register_state_dict_post_hook(renamed)
+  opt.register_load_state_dict_pre_hook(renamed_back)
+  opt.register_load_state_dict_post_hook(
+      lambda o: calls.append(("load_post", o)))
+  state_dict = opt.state_dict()
+  assert set(state_dict) == {"state", "groups", "epoch"}
+  opt.load_state_dict(state_dict)
+  assert calls == [(name, opt) for name in ("pre", "post", "load_pre",
+                                            "load_post")]
+  _train(model, opt, 1, first=1)

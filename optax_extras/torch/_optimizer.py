@@ -315,7 +315,21 @@ class OptaxOptimizer(torch.optim.Optimizer):
     self._records[plan.index] = record
 
   def state_dict(self) -> dict[str, Any]:
-    """Plain group options and, per group, its optax states as tensors."""
+    """Plain group options and, per group, its optax states as tensors.
+
+    Runs the hooks of ``register_state_dict_pre_hook`` and
+    ``register_state_dict_post_hook`` as torch does.
+    """
+    for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+      pre_hook(self)
+    state_dict = self._state_dict()
+    for post_hook in self._optimizer_state_dict_post_hooks.values():
+      result = post_hook(self, state_dict)
+      if result is not None:
+        state_dict = result
+    return state_dict
+
+  def _state_dict(self) -> dict[str, Any]:
     groups, first = [], 0
     for group in self.param_groups:
       groups.append(_checkpoint.saved_group(group, first))
@@ -325,9 +339,24 @@ class OptaxOptimizer(torch.optim.Optimizer):
     return {"state": state, "param_groups": groups}
 
   def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-    """Loads a `state_dict` of an `OptaxOptimizer` with the same layout."""
-    if not isinstance(state_dict, dict) or set(state_dict) != {
-        "state", "param_groups"}:
+    """Loads a `state_dict` of an `OptaxOptimizer` with the same layout.
+
+    Runs the hooks of ``register_load_state_dict_pre_hook`` (which may
+    return a new state_dict) and ``register_load_state_dict_post_hook`` as
+    torch does.
+    """
+    for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+      result = pre_hook(self, state_dict)
+      if result is not None:
+        state_dict = result
+    self._load_state_dict(state_dict)
+    for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+      post_hook(self)
+
+  def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    """Other top-level keys (a hook's) are ignored, as by torch."""
+    if not isinstance(state_dict, dict) or not {
+        "state", "param_groups"} <= set(state_dict):
       raise ValueError(
           "Not an optimizer state_dict: expected the keys ['param_groups', "
           "'state'].")
