@@ -137,7 +137,7 @@ def test_a_run_that_fails_leaves_no_empty_numbered_folder(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("make, reason", [
     (lambda tmp: (tmp / "file").write_text("x") and str(tmp / "file" / "out"),
-     "Not a directory"),
+     "file is not a folder"),
     (lambda tmp: "/proc/optax-extras-out", "No such file or directory"),
 ])
 def test_unusable_out_is_a_clear_error(tmp_path, capsys, make, reason):
@@ -450,3 +450,27 @@ def test_multi_process_options_start_the_runtime(monkeypatch, tmp_path):
                    "0", *TINY])
   assert code == 0
   assert calls == [("localhost:12345", 1, 0)]
+
+
+@pytest.mark.parametrize("process, message", [
+    (0, "is not empty"),
+    (1, "process 0 stopped: its output folder is not usable"),
+])
+def test_a_bad_out_stops_every_process(process, message, monkeypatch,
+                                       tmp_path, capsys):
+  import jax
+  (tmp_path / "mine.txt").write_text("x")
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *args: None)
+  said = []
+
+  def broadcast_from_process_0(failed):
+    said.append(failed)
+    return failed if process == 0 else True  # process 0's failure
+
+  monkeypatch.setattr(cli, "_any_process_failed", broadcast_from_process_0)
+  code = cli.main(["compare", "--optimizers", "sgd", "--out", str(tmp_path),
+                   "--coordinator-address", "localhost:12345",
+                   "--num-processes", "2", "--process-id", str(process),
+                   "--devices", str(jax.device_count()), *TINY])
+  assert code == 2 and message in capsys.readouterr().err
+  assert said == [process == 0]

@@ -213,12 +213,15 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   """Checks the options, starts the runtime; the output folder (None on a
   process other than 0) and the Task options.
 
-  Without --out, process 0 claims a fresh numbered folder here
-  (`results.claim_run_dir`: concurrent runs get distinct ones).
+  Process 0 checks --out here (`results.check_out`), or without --out claims
+  a fresh numbered folder (`results.claim_run_dir`: concurrent runs get
+  distinct ones). With several processes, the others learn whether that
+  failed and stop too, instead of waiting for process 0 forever.
   """
   from optax_extras.experiments import results
-  if check_distributed(args.coordinator_address, args.num_processes,
-                       args.process_id):
+  distributed = check_distributed(args.coordinator_address, args.num_processes,
+                                  args.process_id)
+  if distributed:
     import jax
     # CPU devices of several processes talk through gloo (other platforms
     # use their own collectives).
@@ -234,13 +237,30 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
   task = {k: getattr(args, k) for k in (
       "task", "dataset", "data_dir", "epochs", "batch_size", "devices",
       "hidden_size", "hidden_layers", "channels", "init")}
-  if args.process_id:
-    return None, task
-  if args.out is not None:
-    return args.out, task
-  args.claimed = results.claim_run_dir(
-      os.path.join("runs", f"{args.command}-{args.task}-{args.dataset}"))
-  return args.claimed, task
+  out, problem = None, None
+  if not args.process_id:
+    try:
+      if args.out is None:
+        args.claimed = out = results.claim_run_dir(os.path.join(
+            "runs", f"{args.command}-{args.task}-{args.dataset}"))
+      else:
+        results.check_out(args.out, args.overwrite)
+        out = args.out
+    except results.RunDirError as error:
+      problem = error
+  if distributed and _any_process_failed(problem is not None) and not problem:
+    raise _UsageError("process 0 stopped: its output folder is not usable "
+                      "(see its message)")
+  if problem:
+    raise problem
+  return out, task
+
+
+def _any_process_failed(failed: bool) -> bool:
+  """Whether process 0 says `failed`: every process calls this together."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
 
 
 def _writes(out: str | None, args: argparse.Namespace) -> str:

@@ -152,27 +152,29 @@ def _member(run_dir: str, name: Any) -> str:
   return path
 
 
-def _clear_earlier_run(out: str) -> None:
+def _earlier_run_files(out: str) -> list[str]:
+  """The paths of the files the earlier run in `out` wrote (summary.json
+  last), each checked to be a plain file name inside `out`."""
   if not os.path.isfile(os.path.join(out, SUMMARY)):
     raise RunDirError(
         f"--out {out} is not empty and holds no {SUMMARY} of an earlier run: "
         "refusing to write into it (--overwrite removes only an earlier "
         "run's files); choose another --out")
-  files = read_summary(out)["files"]
-  paths = [_member(out, name) for name in files]  # all checked, then removed
-  for path in paths + [os.path.join(out, SUMMARY)]:
-    if os.path.isfile(path) or os.path.islink(path):
-      os.remove(path)
+  paths = [_member(out, name) for name in read_summary(out)["files"]]
+  return [p for p in paths if p != os.path.join(out, SUMMARY)] + [
+      os.path.join(out, SUMMARY)]
 
 
-def prepare_out(out: str, overwrite: bool) -> str:
-  """Creates the folder a run writes to: see the module docstring.
+def check_out(out: str, overwrite: bool) -> list[str]:
+  """The checks of `prepare_out`, changing nothing; the paths it would
+  remove (an earlier run's files, with `overwrite`).
+
+  Whether the folder can be created is checked on the closest folder that
+  exists (a folder, writable); `prepare_out` may still fail where creating
+  it fails for another reason.
 
   Raises:
-    RunDirError: `out` is empty text, a file, a folder that cannot be
-      created or read (the reason is said), a non-empty folder without
-      `overwrite`, or a non-empty folder no earlier run wrote (or whose
-      summary.json is damaged).
+    RunDirError: as `prepare_out`.
   """
   if not out:
     raise RunDirError("--out is empty: give a folder, or leave --out out for "
@@ -186,7 +188,36 @@ def prepare_out(out: str, overwrite: bool) -> str:
             f"--out {out} is not empty (an earlier run?): choose another "
             "--out, leave --out out for a fresh numbered folder, or add "
             "--overwrite to remove the earlier run's files first")
-      _clear_earlier_run(out)
+      return _earlier_run_files(out)
+    closest = os.path.abspath(out)
+    while not os.path.lexists(closest):
+      closest = os.path.dirname(closest)
+    if not os.path.isdir(closest):
+      raise RunDirError(f"--out {out}: cannot use it as the output folder "
+                        f"({closest} is not a folder)")
+    if not os.access(closest, os.W_OK | os.X_OK):
+      raise RunDirError(f"--out {out}: cannot use it as the output folder "
+                        f"(permission denied on {closest})")
+  except OSError as error:
+    raise RunDirError(f"--out {out}: cannot use it as the output folder "
+                      f"({error.strerror or error})") from None
+  return []
+
+
+def prepare_out(out: str, overwrite: bool) -> str:
+  """Creates the folder a run writes to: see the module docstring.
+
+  Raises:
+    RunDirError: `out` is empty text, a file, a folder that cannot be
+      created or written to (the reason is said), a non-empty folder without
+      `overwrite`, or a non-empty folder no earlier run wrote (or whose
+      summary.json is damaged).
+  """
+  remove = check_out(out, overwrite)
+  try:
+    for path in remove:
+      if os.path.isfile(path) or os.path.islink(path):
+        os.remove(path)
     os.makedirs(out, exist_ok=True)
   except OSError as error:
     raise RunDirError(f"--out {out}: cannot use it as the output folder "
