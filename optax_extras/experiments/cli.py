@@ -91,7 +91,8 @@ def _add_task(command: argparse.ArgumentParser, default_optimizers: str | None):
       "+-1/sqrt(fan_in), weights and biases; the papers' train.py) or Flax's "
       "defaults (default: torch)")
   add("--out", metavar="DIR", help="a new or empty output folder (default: a "
-      "fresh runs/COMMAND-TASK-DATASET/run-NNN)")
+      "fresh runs/COMMAND-TASK-DATASET/run-NNN; runs started together get "
+      "distinct ones)")
   add("--overwrite", action="store_true",
       help="--out may hold an earlier run: its files are removed first")
   add("--devices", type=_positive_int, default=1, metavar="N",
@@ -128,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
       formatter_class=formatter)
   _add_task(compare, ",".join(options.PAPER))
   compare.add_argument("--seed", type=int, default=1, metavar="N",
-                       help="initial weights and batch order (default: 1)")
+                       help="initial weights and batch order, in [0, 2**32) "
+                       "(default: 1)")
   sweep = commands.add_parser(
       "sweep", help="final loss against an option's initial value",
       description=__doc__.split("\n\n")[1], epilog=_epilog(),
@@ -136,10 +138,12 @@ def parser() -> argparse.ArgumentParser:
   _add_task(sweep, None)
   sweep.add_argument("--grid", required=True, metavar="NAME=LOW:HIGH:N",
                      help="N log-spaced values of option NAME (of the model's "
-                     "level of a stack: lr is its rate), e.g. lr=1e-4:1e-1:7")
+                     "level of a stack: lr is its rate), e.g. lr=1e-4:1e-1:7; "
+                     "distinct after rounding to 6 significant digits; "
+                     "--optimizers must leave NAME to the grid")
   sweep.add_argument("--seeds", type=_int_list, default=(1,), metavar="S1,...",
-                     help="seeds, each its own weights and batches: mean and "
-                     "spread per point (default: 1)")
+                     help="distinct seeds in [0, 2**32), each its own weights "
+                     "and batches: mean and spread per point (default: 1)")
   sweep.add_argument("--no-vmap", action="store_true",
                      help="train the grid's values one at a time instead of "
                      "as one jax.vmap batch per optimizer (less memory, one "

@@ -1,9 +1,11 @@
 """The outputs of a study: its schema, run folders, writers and the reader.
 
 A run writes into a folder of its own: by default a fresh numbered
-``run-NNN`` under ``runs/<command>-<task>-<dataset>``; a given ``--out`` must
-be new or empty, or hold an earlier run and come with ``--overwrite``, which
-removes that run's files (those its ``summary.json`` lists) and nothing else.
+``run-NNN`` under ``runs/<command>-<task>-<dataset>``, claimed atomically
+(`claim_run_dir`); a given ``--out`` must be new or empty, or hold an earlier
+run and come with ``--overwrite``, which removes that run's files (those its
+``summary.json`` lists, each a plain file name inside the folder) and nothing
+else. A summary.json or CSV that is not as a run writes it is a `RunDirError`.
 Each optimizer's CSV and the updated summaries are written as soon as it
 finishes; ``summary.json`` says ``"complete": false`` until the last one has.
 
