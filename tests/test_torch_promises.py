@@ -586,3 +586,24 @@ def test_state_dict_hooks_run_as_in_torch():
   assert calls == [(name, opt) for name in ("pre", "post", "load_pre",
                                             "load_post")]
   _train(model, opt, 1, first=1)
+
+
+def test_step_inside_torch_compile_runs_eagerly():
+  reference, ours = _mlp(), _mlp()
+  opt = OptaxOptimizer(ours.parameters(), optax.adam, lr=1e-2)
+
+  @torch.compile(backend="eager")
+  def compiled_step():
+    opt.step()
+
+  for model, optimizer, step in (
+      (reference, OptaxOptimizer(reference.parameters(), optax.adam,
+                                 lr=1e-2), None),
+      (ours, opt, compiled_step)):
+    for n in range(3):
+      optimizer.zero_grad()
+      gen = torch.Generator().manual_seed(n)
+      model(torch.randn(8, 6, generator=gen)).square().mean().backward()
+      (step or optimizer.step)()
+  torch._dynamo.reset()  # pylint: disable=protected-access
+  _assert_close(ours, reference, rtol=1e-6)

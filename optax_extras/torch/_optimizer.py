@@ -264,12 +264,14 @@ class OptaxOptimizer(torch.optim.Optimizer):
     return _group.Group(tx, static, injected,
                         [_group.Cohort(indices, state, rate)], synced)
 
+  @torch._disable_dynamo  # pylint: disable=protected-access
   def step(self, closure: Callable[[], Any] | None = None) -> Any:
     """Takes one optimizer step; returns the closure's loss (if any).
 
     Also inside `torch.inference_mode`, the new storage is made of normal
     tensors: the parameters stay usable for training, as with torch's
-    in-place updates.
+    in-place updates. Under `torch.compile` the step runs eagerly (Dynamo
+    does not trace into JAX), as do ``state_dict`` and ``load_state_dict``.
     """
     loss = None
     if closure is not None:
@@ -314,6 +316,7 @@ class OptaxOptimizer(torch.optim.Optimizer):
           record.cohorts[0].state)
     self._records[plan.index] = record
 
+  @torch._disable_dynamo  # pylint: disable=protected-access
   def state_dict(self) -> dict[str, Any]:
     """Plain group options and, per group, its optax states as tensors.
 
@@ -338,6 +341,7 @@ class OptaxOptimizer(torch.optim.Optimizer):
              for index, record in enumerate(self._records)}
     return {"state": state, "param_groups": groups}
 
+  @torch._disable_dynamo  # pylint: disable=protected-access
   def load_state_dict(self, state_dict: dict[str, Any]) -> None:
     """Loads a `state_dict` of an `OptaxOptimizer` with the same layout.
 
