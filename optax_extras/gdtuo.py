@@ -97,11 +97,15 @@ def _hyperoptimize(factory, learned, optimizer, fixed=None):
 
 
 def _rule(init_fn, update_fn) -> optax.GradientTransformationExtraArgs:
+  """A gdtuo rule whose updates keep the gradients' dtypes and whose state
+  keeps its own (float32 array hyperparameters, e.g. injected, would
+  otherwise promote bfloat16 state: no `jax.lax.scan` carry)."""
+
   def cast_update(updates, state, params=None, **extra_args):
     del params, extra_args
     new_updates, new_state = update_fn(updates, state)
-    return jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates,
-                        updates), new_state
+    return (jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates, updates),
+            optax.tree.cast_like(new_state, state))
   return optax.GradientTransformationExtraArgs(init_fn, cast_update)
 
 
@@ -163,7 +167,8 @@ def _adam(alpha, beta1, beta2, eps):
     return AdamState(
         count=jnp.zeros([], jnp.int32),
         m=optax.tree.zeros_like(params),
-        v=jax.tree.map(lambda p: jnp.zeros_like(p) + eps, params),
+        v=jax.tree.map(lambda p: (jnp.zeros_like(p) + eps).astype(p.dtype),
+                       params),
     )
 
   def update_fn(grads, state):

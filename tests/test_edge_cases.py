@@ -168,3 +168,28 @@ def test_sgd_per_param_with_a_traced_scalar_rate():
       lambda a, g: gdtuo.SGDPerParam(a).update(g, optax.EmptyState())[0])
   np.testing.assert_allclose(traced(jnp.float32(0.2), grads)["b"], -0.2,
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optax.inject_hyperparams(gdtuo.SGD, hyperparam_dtype=jnp.float32)(
+        alpha=0.1, mu=0.9),
+    lambda: optax.inject_hyperparams(
+        gdtuo.RMSProp, hyperparam_dtype=jnp.float32)(alpha=0.1),
+    lambda: optax.inject_hyperparams(
+        gdtuo.Adam, hyperparam_dtype=jnp.float32)(alpha=0.1),
+    lambda: gdtuo.Adam(0.1, beta1=jnp.float32(0.9)),
+])
+def test_gdtuo_rule_with_float32_hyperparameters_keeps_bfloat16_state(make):
+  tx = make()
+  params = {"w": jnp.ones(3, jnp.bfloat16)}
+  grads = {"w": jnp.full(3, 0.5, jnp.bfloat16)}
+
+  def body(carry, _):
+    p, s = carry
+    updates, s = tx.update(grads, s, p)
+    return (optax.apply_updates(p, updates), s), None
+
+  (params, state), _ = jax.lax.scan(body, (params, tx.init(params)), None,
+                                    length=2)
+  assert {x.dtype for x in jax.tree.leaves(state) if x.ndim} == {
+      jnp.dtype(jnp.bfloat16)}
