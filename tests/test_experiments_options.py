@@ -222,6 +222,14 @@ def test_grid_over_an_option_the_list_fixes_is_refused(text):
                      options.parse_grid("lr=1e-3:1:3"))
 
 
+@pytest.mark.parametrize("text", ["sgd:lr=0.1,lr=0.2",
+                                  "adam/sgd:lr=1/,lr=/2"])
+def test_an_option_given_twice_is_refused(text):
+  with pytest.raises(options.OptimizerError, match="option lr of .* is given "
+                     "twice"):
+    options.parse([text])
+
+
 def test_empty_optimizer_list_is_refused():
   with pytest.raises(options.OptimizerError, match="the optimizer list is "
                      "empty"):

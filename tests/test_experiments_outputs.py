@@ -328,7 +328,8 @@ def test_plot_of_a_damaged_summary_exits_2(small_run, capsys, damage, message):
 @pytest.mark.parametrize("csv_text, message", [
     ("", "is empty"),
     ("Epoch,Loss\n1,x\n", "not a CSV of numbers"),
-    ("Epoch,Loss\n1,2,3\n", "not a CSV of numbers"),
+    ("Epoch,Loss\n1,2,3\n", "line 2 has 3 values, the header 2"),
+    ("Epoch,Loss\n1,2\n\n", "line 3 has 0 values, the header 2"),
     ("Epoch,Loss\n1,2\n", "lacks the column(s) Iteration"),
 ])
 def test_plot_of_a_malformed_csv_exits_2(small_run, capsys, csv_text, message):

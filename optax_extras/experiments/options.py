@@ -273,8 +273,8 @@ def parse(texts: Sequence[str]) -> list[Choice]:
 
   Raises:
     OptimizerError: naming the unknown name or option and the valid ones,
-      the optimizer, option and value out of its range, an optimizer listed
-      twice, or no optimizer at all.
+      the optimizer, option and value out of its range, an option or an
+      optimizer listed twice, or no optimizer at all.
 
   Example:
     >>> [c.label for c in parse(["sgd,adam_hd:lr=0.01,hypergrad_lr=1e-7"])]
@@ -289,6 +289,8 @@ def parse(texts: Sequence[str]) -> list[Choice]:
       if not equals or not key:
         raise OptimizerError(
             f"option {item!r} of {name} is not of the form key=value")
+      if any(key.strip() == k for k, _ in pairs):
+        raise OptimizerError(f"option {key.strip()} of {name} is given twice")
       pairs.append((key.strip(), value.strip()))
     if "/" in name:
       choice = _parse_stack(name, pairs)

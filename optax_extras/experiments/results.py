@@ -245,8 +245,12 @@ def read_csv(path: str) -> tuple[list[str], np.ndarray]:
   try:
     with open(path, newline="") as f:
       reader = csv.reader(f)
-      header = next(reader)
-      rows = [[float(x) for x in row] for row in reader]
+      header, rows = next(reader), []
+      for row in reader:
+        if len(row) != len(header):
+          raise RunDirError(f"{path}: line {reader.line_num} has {len(row)} "
+                            f"values, the header {len(header)}")
+        rows.append([float(x) for x in row])
     return header, np.asarray(rows, np.float64).reshape(len(rows), len(header))
   except StopIteration:
     raise RunDirError(f"{path} is empty: expected a header row") from None
