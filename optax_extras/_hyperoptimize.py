@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -345,25 +346,33 @@ class _Inner:
 
   def update(self, values, grads, state, params):
     """``(updates, new state)``, keeping the dtypes of grads and state."""
-    if not self.per_leaf:
-      updates, new_state = self.factory(**self.fixed, **values).update(
-          grads, state, params)
-    else:
-      treedef = jax.tree.structure(grads)
-      leaf_params = ([None] * treedef.num_leaves if params is None
-                     else treedef.flatten_up_to(params))
-      results = [
-          self.factory(**self.fixed, **leaf_values).update(g, s, p)
-          for leaf_values, g, s, p in zip(
-              self._per_leaf_values(values, treedef),
-              treedef.flatten_up_to(grads), treedef.flatten_up_to(state),
-              leaf_params)]
-      updates = treedef.unflatten([u for u, _ in results])
-      new_state = treedef.unflatten([s for _, s in results])
+    try:
+      updates, new_state = self._update(values, grads, state, params)
+    except ValueError as error:
+      if params is not None:
+        raise
+      raise ValueError(
+          f"{error} (hyperoptimize gives the optimizer below its params only "
+          "with needs_params=True)") from error
     # Traced hyperparameters (float32 at least) must not promote low-precision
     # updates or state: both keep the dtypes they came with.
     return (optax.tree.cast_like(updates, grads),
             optax.tree.cast_like(new_state, state))
+
+  def _update(self, values, grads, state, params):
+    if not self.per_leaf:
+      return self.factory(**self.fixed, **values).update(grads, state, params)
+    treedef = jax.tree.structure(grads)
+    leaf_params = ([None] * treedef.num_leaves if params is None
+                   else treedef.flatten_up_to(params))
+    results = [
+        self.factory(**self.fixed, **leaf_values).update(g, s, p)
+        for leaf_values, g, s, p in zip(
+            self._per_leaf_values(values, treedef),
+            treedef.flatten_up_to(grads), treedef.flatten_up_to(state),
+            leaf_params)]
+    return (treedef.unflatten([u for u, _ in results]),
+            treedef.unflatten([s for _, s in results]))
 
 
 def natural_values(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -839,18 +848,30 @@ def _with_values(stack: HyperoptimizeState, values: Mapping[str, Any],
           f"({sorted(keys)}), got {name!r}.")
     space_name = _parse_stored_key(keys[name])[1]
     space = SPACES[space_name]
-    number = _checks.concrete_value(value)
-    if number is not None and not space.in_domain(number):
-      raise ValueError(
-          f"{name} must be {space.domain} (space={space_name!r}), got "
-          f"{name}={value!r}.")
+    allowed = (f"{space.domain} (space={space_name!r}), a number or a tree "
+               "of numbers")
+    leaves = jax.tree.leaves(value)
+    if not leaves or any(isinstance(v, (str, bytes, bool, complex))
+                         for v in leaves):
+      raise ValueError(f"{name} must be {allowed}, got {name}={value!r}.")
+    for leaf in leaves:
+      number = _checks.concrete_value(leaf)
+      if number is not None and not space.in_domain(number):
+        raise ValueError(f"{name} must be {allowed}, got {name}={value!r}.")
     old = natural[name]
     new = jax.tree.map(lambda o, v: jnp.broadcast_to(
         jnp.asarray(v, o.dtype), o.shape), old,
         value if jax.tree.structure(value) == jax.tree.structure(old)
         else jax.tree.map(lambda _: value, old))
+    stored = jax.tree.map(lambda v: space.to_stored(v), new)
+    if not any(_is_traced(x) for x in jax.tree.leaves(stored)) and not all(
+        bool(jnp.all(space.array_in_domain(space.to_natural(x))))
+        for x in jax.tree.leaves(stored)):
+      raise ValueError(
+          f"{name} must be {space.domain} (space={space_name!r}) also in "
+          f"the precision it is learned in, got {name}={value!r}.")
     natural[name] = new
-    raw[keys[name]] = jax.tree.map(lambda v: space.to_stored(v), new)
+    raw[keys[name]] = stored
   return stack._replace(hyperparams=natural, raw_hyperparams=raw)
 
 
@@ -908,5 +929,7 @@ def set_hyperparameters(opt_state: optax.OptState, values: Mapping[str, Any],
     Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
     code: https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
-  _checks.check_range("level", level, 0, math.inf, high_inclusive=False)
+  if (isinstance(level, bool) or not isinstance(level, numbers.Integral)
+      or level < 0):
+    raise ValueError(f"level must be an int >= 0, got level={level!r}.")
   return _replace_stack(opt_state, values, int(level))

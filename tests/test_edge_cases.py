@@ -193,3 +193,26 @@ def test_gdtuo_rule_with_float32_hyperparameters_keeps_bfloat16_state(make):
                                     length=2)
   assert {x.dtype for x in jax.tree.leaves(state) if x.ndim} == {
       jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("values, level, match", [
+    ({"alpha": None}, 0, "alpha must be"),
+    ({"alpha": "x"}, 0, "alpha must be"),
+    ({"alpha": True}, 0, "alpha must be"),
+    ({"beta1": 1 - 1e-9}, 0, r"beta1 must be in \(0, 1\).*precision"),
+    ({"alpha": 0.1}, 1.5, "level must be an int"),
+    ({"alpha": 0.1}, True, "level must be an int"),
+])
+def test_set_hyperparameters_rejects_bad_values_naming_them(values, level,
+                                                            match):
+  state = gdtuo.Adam(optimizer=gdtuo.SGD(1e-5)).init(jnp.zeros(3))
+  with pytest.raises(ValueError, match=match):
+    optax_extras.set_hyperparameters(state, values, level=level)
+
+
+def test_factory_needing_params_names_needs_params():
+  tx = hyperoptimize(optax_extras.diffgrad, {"learning_rate": 1e-3},
+                     optax.sgd(1e-5), fixed={"weight_decay": 0.01})
+  params = jnp.ones(3)
+  with pytest.raises(ValueError, match="needs_params=True"):
+    tx.update(params, tx.init(params), params)
