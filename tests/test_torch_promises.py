@@ -607,3 +607,42 @@ def test_step_inside_torch_compile_runs_eagerly():
       (step or optimizer.step)()
   torch._dynamo.reset()  # pylint: disable=protected-access
   _assert_close(ours, reference, rtol=1e-6)
+
+
+def _cohort(state_dict):
+  return state_dict["state"][0]["cohorts"][0]
+
+
+@pytest.mark.parametrize("name, mutate, match", [
+    ("no paths", lambda sd: _cohort(sd).pop("paths"), r"\['cohorts'\]\[0\]"),
+    ("extra field", lambda sd: _cohort(sd).update(junk=1), "junk"),
+    ("extra leaf", lambda sd: _cohort(sd)["optax_state"].append(
+        torch.zeros(1)), r"list of 14 tensors \(one per path\), got 15"),
+    ("missing leaf", lambda sd: _cohort(sd)["optax_state"].pop(),
+     r"\['optax_state'\] must be a list of 14 tensors .*, got 13"),
+    ("float leaf", lambda sd: _cohort(sd)["optax_state"].__setitem__(1, 0.9),
+     "float"),
+    ("float64 leaf", lambda sd: _cohort(sd)["optax_state"].__setitem__(
+        6, _cohort(sd)["optax_state"][6].double()), r"float32\[16, 6\]"),
+    ("bool position", lambda sd: _cohort(sd).__setitem__(
+        "params", [False, True, 2, 3]), r"\['params'\] must be positions"),
+    ("state list", lambda sd: sd.__setitem__("state", [sd["state"][0]]),
+     r"state_dict\['state'\] must be a dict"),
+    ("no group params", lambda sd: sd["param_groups"][0].pop("params"),
+     r"state_dict\['param_groups'\] must be a list of dicts"),
+    ("lr string", lambda sd: sd["param_groups"][0].__setitem__("lr", "0.1"),
+     r"\['param_groups'\]\[0\]: lr must be a finite number"),
+    ("betas", lambda sd: sd["param_groups"][0].__setitem__("betas", (2, .9)),
+     r"\['param_groups'\]\[0\]: betas\[0\] must be in"),
+])
+def test_malformed_state_dict_is_refused_naming_the_field(name, mutate, match):
+  del name
+  model = _mlp()
+  opt = OptaxOptimizer(model.parameters(), optax.adam, lr=1e-2)
+  _train(model, opt, 1)
+  state_dict = copy.deepcopy(opt.state_dict())
+  mutate(state_dict)
+  snapshot = _snapshot(opt)
+  with pytest.raises(ValueError, match=match):
+    opt.load_state_dict(state_dict)
+  _assert_unchanged(opt, snapshot)

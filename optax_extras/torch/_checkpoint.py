@@ -52,9 +52,41 @@ def saved_state(record: _group.Group) -> dict[str, Any]:
   return {"cohorts": cohorts}
 
 
+def check_layout(state_dict: Any, sizes: list[int]) -> None:
+  """ValueError unless `state_dict` has the fields of an optimizer's
+  state_dict whose groups have `sizes` parameters (other top-level keys, a
+  hook's, are ignored as by torch)."""
+  if not isinstance(state_dict, dict) or not {
+      "state", "param_groups"} <= set(state_dict):
+    raise ValueError(
+        "Not an optimizer state_dict: expected the keys ['param_groups', "
+        "'state'].")
+  groups = state_dict["param_groups"]
+  if not (isinstance(groups, (list, tuple)) and all(
+      isinstance(g, dict) and isinstance(g.get("params"), (list, tuple))
+      for g in groups)):
+    raise ValueError(
+        "state_dict['param_groups'] must be a list of dicts, each with a "
+        f"list 'params', got {_described(groups)}.")
+  if [len(g["params"]) for g in groups] != sizes:
+    raise ValueError(
+        "The state_dict's parameter groups have sizes "
+        f"{[len(g['params']) for g in groups]}, this optimizer's {sizes}.")
+  if not isinstance(state_dict["state"], dict):
+    raise ValueError(
+        "state_dict['state'] must be a dict from group index to the group's "
+        f"state, got {_described(state_dict['state'])}.")
+
+
+def _described(value: Any) -> str:
+  return repr(value) if is_plain(value) and len(repr(value)) < 80 else (
+      type(value).__name__)
+
+
 def check_group_keys(index: int, saved: dict[str, Any],
                      group: dict[str, Any], takes: set[str]) -> None:
-  """ValueError for a saved option this group does not know.
+  """ValueError for a saved option this group does not know, or a value a
+  torch-named option may not have.
 
   Known: the group's own keys, and keys the transformation does not take
   (an LR scheduler's ``initial_lr`` ...), with plain values; never ``tx``.
@@ -66,28 +98,58 @@ def check_group_keys(index: int, saved: dict[str, Any],
           f"state_dict['param_groups'][{index}] has the option {key!r} "
           f"({type(value).__name__}), which this optimizer's group does not "
           f"have; known options: {sorted(set(group) - {'params'})}.")
+    if key in _options.TORCH_NAMES:
+      try:
+        _options.check_value(key, value)
+      except ValueError as error:
+        raise ValueError(
+            f"state_dict['param_groups'][{index}]: {error}") from error
 
 
-def _cohort_state(index, entry, tx, params):
+def _is_position(value: Any, size: int) -> bool:
+  return (isinstance(value, int) and not isinstance(value, bool)
+          and 0 <= value < size)
+
+
+def _cohort_state(where, index, entry, tx, params):
   """The optax state of one saved cohort, checked against `tx.init`."""
-  indices = tuple(entry["params"])
-  if not indices or any(not 0 <= k < len(params) for k in indices):
-    raise ValueError(f"Group {index} has no parameters {list(indices)}.")
+  fields = {"params", "paths", "optax_state"}
+  if not isinstance(entry, dict) or set(entry) != fields:
+    raise ValueError(
+        f"{where} must be a dict with the keys {sorted(fields)}, got "
+        f"{sorted(entry) if isinstance(entry, dict) else _described(entry)}.")
+  indices = entry["params"]
+  if not (isinstance(indices, (list, tuple)) and indices
+          and all(_is_position(k, len(params)) for k in indices)):
+    raise ValueError(
+        f"{where}['params'] must be positions of parameters of group "
+        f"{index} (ints in [0, {len(params)})), got {_described(indices)}.")
+  indices = tuple(indices)
   shapes = jax.eval_shape(tx.init, [params[k] for k in indices])
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   paths = [jax.tree_util.keystr(path) for path, _ in leaves]
-  if list(entry["paths"]) != paths:
+  if (not isinstance(entry["paths"], (list, tuple))
+      or list(entry["paths"]) != paths):
     raise ValueError(
         f"The optax state of group {index} has leaves {paths}, the "
-        f"state_dict has {list(entry['paths'])}.")
+        f"state_dict has {_described(entry['paths'])}.")
+  tensors = entry["optax_state"]
+  if not (isinstance(tensors, (list, tuple)) and len(tensors) == len(paths)
+          and all(isinstance(t, torch.Tensor) for t in tensors)):
+    got = (f"{len(tensors)} entries of the types "
+           f"{sorted({type(t).__name__ for t in tensors})}"
+           if isinstance(tensors, (list, tuple)) else _described(tensors))
+    raise ValueError(
+        f"{where}['optax_state'] must be a list of {len(paths)} tensors (one "
+        f"per path), got {got}.")
   values = []
-  for path, (_, leaf), tensor in zip(paths, leaves, entry["optax_state"]):
-    value = _convert.tensor_to_jax(tensor)
-    if value.shape != leaf.shape or value.dtype != leaf.dtype:
+  for path, (_, leaf), tensor in zip(paths, leaves, tensors):
+    saved = f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}"
+    if saved != f"{leaf.dtype}{list(leaf.shape)}":
       raise ValueError(
           f"Leaf {path} of group {index} is {leaf.dtype}{list(leaf.shape)} "
-          f"here but {value.dtype}{list(value.shape)} in the state_dict.")
-    values.append(jnp.array(value, copy=True))
+          f"here but {saved} in the state_dict.")
+    values.append(jnp.array(_convert.tensor_to_jax(tensor), copy=True))
   return indices, jax.tree.unflatten(treedef, values)
 
 
@@ -100,13 +162,19 @@ def loaded_cohorts(index: int, entry: Any, tx: Any,
   """
   if isinstance(entry, dict) and set(entry) == {"optax_state", "paths"}:
     entry = {"cohorts": [{"params": list(range(len(params))), **entry}]}
-  if not isinstance(entry, dict) or set(entry) != {"cohorts"}:
-    keys = sorted(entry) if isinstance(entry, dict) else entry
+  if not (isinstance(entry, dict) and set(entry) == {"cohorts"}
+          and isinstance(entry["cohorts"], (list, tuple))):
+    keys = (sorted(entry) if isinstance(entry, dict) else
+            "no entry" if entry is None else _described(entry))
     raise ValueError(
         f"state_dict['state'][{index}] is not the state of an "
-        f"OptaxOptimizer group (got {keys}); the state of a torch "
-        "optimizer loads with load_torch_state or import_torch_state.")
-  cohorts = [_cohort_state(index, e, tx, params) for e in entry["cohorts"]]
+        f"OptaxOptimizer group (a dict with a list 'cohorts', got {keys}); "
+        "the state of a torch optimizer loads with load_torch_state or "
+        "import_torch_state.")
+  cohorts = [
+      _cohort_state(f"state_dict['state'][{index}]['cohorts'][{number}]",
+                    index, e, tx, params)
+      for number, e in enumerate(entry["cohorts"])]
   covered = sorted(k for indices, _ in cohorts for k in indices)
   if covered != list(range(len(params))):
     raise ValueError(

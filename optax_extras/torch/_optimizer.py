@@ -95,9 +95,11 @@ class OptaxOptimizer(torch.optim.Optimizer):
 
   **Checkpoints.** ``state_dict()`` holds each group's plain options and its
   optax states as tensors with their tree paths, and loads with
-  ``torch.load(..., weights_only=True)``. ``load_state_dict`` checks paths,
-  shapes, dtypes and option names (an unknown key such as ``tx`` is
-  refused) and changes nothing on a mismatch. The loaded ``param_groups`` are
+  ``torch.load(..., weights_only=True)``. ``load_state_dict`` checks the
+  layout (every field, one tensor per path), paths, shapes, dtypes, option
+  names (an unknown key such as ``tx`` is refused) and the values of the
+  torch-named options: a ValueError names what is wrong, and nothing
+  changes. The loaded ``param_groups`` are
   what the next step uses, as in torch: a value written there after the last
   step before saving (a scheduler's ``betas``, a learned rate's ``lr``)
   takes effect then, so a resumed run continues the uninterrupted one. The
@@ -358,19 +360,10 @@ class OptaxOptimizer(torch.optim.Optimizer):
       post_hook(self)
 
   def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
-    """Other top-level keys (a hook's) are ignored, as by torch."""
-    if not isinstance(state_dict, dict) or not {
-        "state", "param_groups"} <= set(state_dict):
-      raise ValueError(
-          "Not an optimizer state_dict: expected the keys ['param_groups', "
-          "'state'].")
+    """Checks everything, then loads (a mismatch changes nothing)."""
+    _checkpoint.check_layout(
+        state_dict, [len(g["params"]) for g in self.param_groups])
     saved_groups = state_dict["param_groups"]
-    if [len(g["params"]) for g in saved_groups] != [
-        len(g["params"]) for g in self.param_groups]:
-      raise ValueError(
-          "The state_dict's parameter groups have sizes "
-          f"{[len(g['params']) for g in saved_groups]}, this optimizer's "
-          f"{[len(g['params']) for g in self.param_groups]}.")
     loaded = []
     for index, (group, record, saved) in enumerate(
         zip(self.param_groups, self._records, saved_groups)):
