@@ -468,7 +468,7 @@ def test_a_bad_out_stops_every_process(process, message, monkeypatch,
     said.append(failed)
     return failed if process == 0 else True  # process 0's failure
 
-  monkeypatch.setattr(cli, "_any_process_failed", broadcast_from_process_0)
+  monkeypatch.setattr(cli, "_process_0_failed", broadcast_from_process_0)
   code = cli.main(["compare", "--optimizers", "sgd", "--out", str(tmp_path),
                    "--coordinator-address", "localhost:12345",
                    "--num-processes", "2", "--process-id", str(process),

@@ -182,10 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   Bad names, options, data files, folders or device counts print an error on
   stderr and return 2, as argparse does for bad arguments; Ctrl-C returns 130
-  after writing what finished.
+  after writing what finished. A numbered folder the run claimed and left
+  empty (an error, or Ctrl-C before the first optimizer finished) is
+  removed.
   """
   args = parser().parse_args(argv)
-  args.claimed = None  # a numbered folder _start created, until it is used
+  args.claimed = None  # the numbered folder _start creates: removed if empty
   from optax_extras.experiments import results, studies
   try:
     return {"compare": _compare, "sweep": _sweep, "plot": _plot}[
@@ -252,16 +254,19 @@ def _start(args: argparse.Namespace) -> tuple[str | None, dict]:
         out = args.out
     except results.RunDirError as error:
       problem = error
-  if distributed and _any_process_failed(problem is not None) and not problem:
-    raise _UsageError("process 0 stopped: its output folder is not usable "
-                      "(see its message)")
+  if distributed:
+    process_0_failed = _process_0_failed(problem is not None)
+    if process_0_failed and problem is None:
+      raise _UsageError("process 0 stopped: its output folder is not usable "
+                        "(see its message)")
   if problem:
     raise problem
   return out, task
 
 
-def _any_process_failed(failed: bool) -> bool:
-  """Whether process 0 says `failed`: every process calls this together."""
+def _process_0_failed(failed: bool) -> bool:
+  """Process 0's `failed`, on every process: all of them call this together
+  (`multihost_utils.broadcast_one_to_all`)."""
   import numpy as np
   from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
