@@ -120,6 +120,14 @@ def partial_vdots(a: jax.Array, *bs: jax.Array,
   """
   if dtype is None:
     dtype = jnp.promote_types(bs[0].dtype, jnp.float32)
+  return _bilinear_partial_vdots(jnp.dtype(dtype), a, *bs)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _bilinear_partial_vdots(dtype, a, *bs):
+  """`partial_vdots` in ``dtype``, with its jvp written out: JAX's rule for
+  a variadic reduction fails on an operand whose tangent is a symbolic zero
+  (differentiating a stack with respect to its initial values)."""
   parts = 2 if len(bs) == 1 else 1
   blocks = 4
   group = parts * blocks
@@ -151,6 +159,24 @@ def partial_vdots(a: jax.Array, *bs: jax.Array,
   sums = jax.lax.reduce(partial_sums, zeros, add,
                         tuple(range(partial_sums[0].ndim)))
   return [tuple(sums[j * parts:(j + 1) * parts]) for j in range(len(bs))]
+
+
+@_bilinear_partial_vdots.defjvp
+def _bilinear_partial_vdots_jvp(dtype, primals, tangents):
+  """``<da, b> + <a, db>`` (zero where ``a`` is), as plain sums, which JAX
+  can transpose (reverse mode), in the first scalar of each product."""
+  a, *bs = primals
+  a_dot, *bs_dot = tangents
+  out = _bilinear_partial_vdots(dtype, a, *bs)
+  zero = a == 0
+  wide = lambda x: x.astype(dtype)
+  tangent_out = []
+  for product, b, b_dot in zip(out, bs, bs_dot):
+    both = wide(a_dot) * wide(b) + wide(a) * wide(b_dot)
+    total = jnp.sum(jnp.where(zero, jnp.zeros([], dtype), both))
+    tangent_out.append((total,) + tuple(jnp.zeros_like(x)
+                                        for x in product[1:]))
+  return out, tangent_out
 
 
 def total(scalars: Any, dtype: Any) -> jax.Array:

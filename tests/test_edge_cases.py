@@ -216,3 +216,30 @@ def test_factory_needing_params_names_needs_params():
   params = jnp.ones(3)
   with pytest.raises(ValueError, match="needs_params=True"):
     tx.update(params, tx.init(params), params)
+
+
+def _loss_after_two_steps(initial_rate, make):
+  loss = lambda p: jnp.sum(jnp.sin(p) ** 2)
+  params = jnp.array([1.0, -2.0, 3.0])
+  tx = make(initial_rate)
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  return loss(params)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: hyperoptimize(optax.sgd, {"learning_rate": a, "momentum": 0.5},
+                            optax.sgd(1e-3)),
+    lambda a: gdtuo.Adam(a, optimizer=gdtuo.SGD(1e-3)),
+])
+def test_stack_is_differentiable_in_its_initial_value(make):
+  # Forward and reverse mode through the contraction of several tangents
+  # (some of whose tangents are symbolic zeros), against central differences.
+  f = lambda a: _loss_after_two_steps(a, make)
+  step = 1e-3
+  expected = (f(0.1 + step) - f(0.1 - step)) / (2 * step)
+  np.testing.assert_allclose(jax.grad(f)(0.1), expected, rtol=2e-2)
+  np.testing.assert_allclose(jax.jvp(f, (0.1,), (1.0,))[1], expected,
+                             rtol=2e-2)
