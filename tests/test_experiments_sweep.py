@@ -150,6 +150,8 @@ def test_one_at_a_time_and_two_devices_match_the_batched_grid(options_):
      studies.StudyError, "seeds: give at least one seed"),
     (lambda: experiments.sweep("sgd", "lr=1e-3:1:3", seeds=(1, 1)),
      studies.StudyError, "seeds lists seed 1 more than once"),
+    (lambda: experiments.sweep("sgd", "lr=1e-3:1:3", seeds=(True,)),
+     studies.StudyError, "seeds: a seed must be an integer"),
     (lambda: experiments.sweep("sgd", "lr=1e-3:1:3", epochs=0),
      studies.StudyError, "epochs must be an integer >= 1"),
 ])
@@ -159,3 +161,13 @@ def test_python_entry_points_check_what_the_command_line_checks(
   with pytest.raises(error) as raised:
     call()
   assert message in str(raised.value)
+
+
+def test_numpy_integers_are_integers_to_the_python_entry_points(tmp_path):
+  run = experiments.sweep("sgd", "lr=1e-2:1e-1:2", seeds=np.array([3, 4]),
+                          epochs=np.int64(1), hidden_size=np.int32(4),
+                          hidden_layers=1, out=str(tmp_path / "out"))
+  assert [row["seeds"] for row in run.rows] == [2, 2]
+  with open(tmp_path / "out" / "summary.json") as f:
+    config = json.load(f)["config"]
+  assert config["seeds"] == [3, 4] and config["epochs"] == 1

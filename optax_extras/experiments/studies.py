@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from typing import Any, Sequence
 
@@ -18,6 +19,11 @@ from optax_extras.experiments import options as options_lib
 from optax_extras.experiments import plots, results
 
 HIDDEN_SIZE = {"logreg": 0, "mlp": 1000, "cnn": 512}
+
+
+def _is_integer(value: Any) -> bool:
+  """An int or numpy integer, not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class StudyError(Exception):
@@ -40,13 +46,13 @@ class Task:
   init: str = "torch"
 
   def __post_init__(self):
-    """The checks the command line's options make; StudyError naming the
-    field and the value."""
+    """The checks the command line's options make (StudyError naming the
+    field and the value); numpy integers become ints (the config is JSON)."""
     def require(ok: bool, field: str, expected: str) -> None:
       if not ok:
         raise StudyError(f"{field} must be {expected}, got "
                          f"{field}={getattr(self, field)!r}")
-    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+    positive = lambda v: _is_integer(v) and v > 0
     require(self.task in options_lib.TASKS, "task",
             f"one of {', '.join(options_lib.TASKS)}")
     require(self.dataset in data_lib.DATASETS, "dataset",
@@ -60,6 +66,11 @@ class Task:
     require(isinstance(self.channels, (tuple, list)) and self.channels
             and all(map(positive, self.channels)), "channels",
             "a non-empty sequence of integers >= 1")
+    for field in ("epochs", "batch_size", "devices", "hidden_layers"):
+      object.__setattr__(self, field, int(getattr(self, field)))
+    if self.hidden_size is not None:
+      object.__setattr__(self, "hidden_size", int(self.hidden_size))
+    object.__setattr__(self, "channels", tuple(map(int, self.channels)))
 
   def config(self) -> dict[str, Any]:
     return dataclasses.asdict(self) | dict(
@@ -73,11 +84,10 @@ def check_seeds(seeds: Sequence[int], option: str) -> None:
   """StudyError naming `option` unless `seeds` is a non-empty sequence of
   distinct integers in [0, 2**32): the initial weights take a 32-bit seed,
   so a larger one would repeat one below 2**32."""
-  if not seeds:
+  if len(seeds) == 0:
     raise StudyError(f"{option}: give at least one seed")
   for seed in seeds:
-    if (isinstance(seed, bool) or not isinstance(seed, int)
-        or not 0 <= seed < SEED_LIMIT):
+    if not (_is_integer(seed) and 0 <= seed < SEED_LIMIT):
       raise StudyError(f"{option}: a seed must be an integer in [0, 2**32), "
                        f"got {seed!r}")
   repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
@@ -163,6 +173,7 @@ def compare(optimizers: str | Sequence[str] = ",".join(options_lib.PAPER), *,
   texts = [optimizers] if isinstance(optimizers, str) else list(optimizers)
   choices = options_lib.parse(texts)
   check_seeds([seed], "seed")
+  seed = int(seed)
   task = Task(**task_options)
   built = [optimizers_lib.build(c) for c in choices]
   experiment = _experiment(task, _load(task), seed)
@@ -296,6 +307,7 @@ def sweep(optimizers: str | Sequence[str], grid: str = "lr=1e-4:1e-1:7", *,
   choices, parsed = options_lib.parse(texts), options_lib.parse_grid(grid)
   options_lib.check_grid(choices, parsed)
   check_seeds(seeds, "seeds")
+  seeds = [int(s) for s in seeds]
   task = Task(**task_options)
   dataset = _load(task)
   experiments = {seed: _experiment(task, dataset, seed) for seed in seeds}
