@@ -35,17 +35,18 @@ class OptaxOptimizer(torch.optim.Optimizer):
   ``optax_extras.diffgrad``, called per group with the group's options (the
   keyword arguments given here, overridden by the group's dict). A group may
   carry its own transformation or factory under the key ``"tx"``: it takes
-  only those of the optimizer's options that its factory has (a
-  transformation takes none). Options go by torch's names where torch has
-  one: ``lr`` (optax ``learning_rate``; defaults to the factory's default),
-  ``betas`` (``(b1, b2)``; ``b1=``/``b2=`` are accepted and shown as
-  ``betas``, a group giving one keeps the optimizer's other), ``momentum``,
-  ``eps``, ``weight_decay``. The factory's
-  numeric defaults for these show in ``param_groups``, and these values are
-  injected with `optax.inject_hyperparams`, so torch schedulers (e.g.
-  ``OneCycleLR``, which cycles ``betas`` or ``momentum``) change them without
-  a recompile. Other options are static: changing one rebuilds the
-  transformation (a recompile) and keeps the state.
+  only those of the optimizer's options that its factory has (a transformation
+  takes none). Options go by torch's names where torch has one: ``lr`` (optax
+  ``learning_rate``; defaults to the factory's default), ``betas``
+  (``(b1, b2)``; ``b1=``/``b2=`` are accepted and shown as ``betas``, a group
+  giving one keeps the optimizer's other), ``momentum``, ``eps``,
+  ``weight_decay``. The factory's numeric defaults for these show in
+  ``param_groups``, and these values are injected with
+  `optax.inject_hyperparams`, so torch schedulers (e.g. ``OneCycleLR``, which
+  cycles ``betas`` or ``momentum``) change them without a recompile; the
+  state keeps the params' dtypes (bfloat16 moments stay bfloat16 under the
+  float32 injected values). Other options are static: changing one rebuilds
+  the transformation (a recompile) and keeps the state.
 
   **Checked values.** ``lr``, ``momentum``, ``eps`` and ``weight_decay`` must
   be finite and >= 0, each beta in [0, 1): a ValueError naming the key, at
@@ -98,13 +99,13 @@ class OptaxOptimizer(torch.optim.Optimizer):
   ``torch.load(..., weights_only=True)``. ``load_state_dict`` checks the
   layout (every field, one tensor per path), paths, shapes, dtypes, option
   names (an unknown key such as ``tx`` is refused) and the values of the
-  torch-named options: a ValueError names what is wrong, and nothing
-  changes. The loaded ``param_groups`` are
-  what the next step uses, as in torch: a value written there after the last
-  step before saving (a scheduler's ``betas``, a learned rate's ``lr``)
-  takes effect then, so a resumed run continues the uninterrupted one. The
-  state of a torch optimizer loads with `load_torch_state`. ``copy.deepcopy``,
-  `pickle` and ``torch.save(opt)`` raise a TypeError: save ``state_dict()``.
+  torch-named options: a ValueError names what is wrong, and nothing changes.
+  The loaded ``param_groups`` are what the next step uses, as in torch: a
+  value written there after the last step before saving (a scheduler's
+  ``betas``, a learned rate's ``lr``) takes effect then, so a resumed run
+  continues the uninterrupted one. The state of a torch optimizer loads with
+  `load_torch_state`. ``copy.deepcopy``, `pickle` and ``torch.save(opt)``
+  raise a TypeError: save ``state_dict()``.
 
   Args:
     params: tensors or dicts of parameter groups, as for any torch optimizer.
