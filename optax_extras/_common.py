@@ -92,16 +92,18 @@ def partial_vdots(a: jax.Array, *bs: jax.Array,
   reduced as two interleaved halves (groups of 8 rows): a reduction of one
   array goes to YNNPACK together with the whole computation of ``b``, which
   it runs op by op (measured: a 1.6x slower hyperoptimizer step). Rows are
-  padded with zeros to whole groups; vectors and scalars are first laid out as
-  rows of up to 128. A second variadic reduction, one kernel, sums those
-  partial arrays; `total` adds the scalars of many leaves in one more kernel
-  (finishing each product with its own `jnp.sum` and adding them took five
-  small kernels per leaf, which dominated compile time on trees of many
-  leaves).
+  padded with zeros to whole groups. A second variadic reduction, one
+  kernel, sums those partial arrays; `total` adds the scalars of many leaves
+  in one more kernel (finishing each product with its own `jnp.sum` and
+  adding them took five small kernels per leaf, which dominated compile time
+  on trees of many leaves). Vectors and scalars are reduced along their one
+  axis in a single reduction (the halves for one ``b`` are alternate
+  elements).
   Only the leading axis is split, so a leaf sharded along another axis, or
-  along the leading one in whole groups of rows per device, is reduced where
-  it lies (else XLA gathers the products of that leaf). Across devices the
-  second reduction gathers one partial sum per device and product (XLA's
+  along the leading one in whole groups of rows per device, and a vector
+  sharded in whole pairs of elements per device, is reduced where it lies
+  (else XLA gathers the products of that leaf). Across devices the last
+  reduction gathers one partial sum per device and product (XLA's
   partitioner has no all-reduce for a variadic reduction): k scalars per
   device, as an all-reduce would move. Jitted, so that a tree's many leaves
   of one shape and dtype are traced and lowered once (XLA inlines the calls).
@@ -132,12 +134,12 @@ def _bilinear_partial_vdots(dtype, a, *bs):
   blocks = 4
   group = parts * blocks
 
+  vector = a.ndim < 2
+
   def grouped_rows(x):
-    if x.ndim < 2:
-      lanes = next((w for w in (128, 64, 32) if x.size % (group * w) == 0),
-                   16)
-      x = jnp.pad(x.ravel(), (0, -x.size % (group * lanes)))
-      x = x.reshape(x.size // lanes, lanes)
+    if vector:  # consecutive elements, as many as parts, side by side
+      x = jnp.pad(x.ravel(), (0, -x.size % parts))
+      return x.reshape(x.size // parts, parts)
     x = jnp.pad(x, [(0, -x.shape[0] % group)] + [(0, 0)] * (x.ndim - 1))
     return x.reshape(x.shape[0] // group, parts, blocks, *x.shape[1:])
 
@@ -155,9 +157,12 @@ def _bilinear_partial_vdots(dtype, a, *bs):
     rows = grouped_rows(product)
     pieces.extend(rows[:, part] for part in range(parts))
   zeros = tuple(jnp.zeros([], dtype) for _ in pieces)
-  partial_sums = jax.lax.reduce(tuple(pieces), zeros, add, (1,))
-  sums = jax.lax.reduce(partial_sums, zeros, add,
-                        tuple(range(partial_sums[0].ndim)))
+  if vector:
+    sums = jax.lax.reduce(tuple(pieces), zeros, add, (0,))
+  else:
+    partial_sums = jax.lax.reduce(tuple(pieces), zeros, add, (1,))
+    sums = jax.lax.reduce(partial_sums, zeros, add,
+                          tuple(range(partial_sums[0].ndim)))
   return [tuple(sums[j * parts:(j + 1) * parts]) for j in range(len(bs))]
 
 

@@ -698,20 +698,22 @@ def test_sharded_over_eight_devices_matches_one_device(name):
 
 @pytest.mark.parametrize("name", REPRESENTATIVE)
 def test_sharded_step_gathers_no_leaf(name):
-  """Leaves sharded by rows or by columns stay where they lie: the compiled
-  step gathers no leaf, nor any leaf-sized product (dot products are reduced
-  per device, then combined as scalars: an all-reduce, or an all-gather of
-  one partial sum per device and product)."""
+  """Leaves sharded by rows, by columns or (vectors) along their one axis
+  stay where they lie: the compiled step gathers no leaf, nor any leaf-sized
+  product (dot products are reduced per device, then combined as scalars: an
+  all-reduce, or an all-gather of one partial sum per device and product)."""
   mesh = _eight_device_mesh()
   tx = _make(name)
   shardings = {"rows": NamedSharding(mesh, PartitionSpec("d", None)),
                "cols": NamedSharding(mesh, PartitionSpec(None, "d")),
-               "bias": NamedSharding(mesh, PartitionSpec())}
-  keys = jax.random.split(jax.random.key(1), 3)
+               "bias": NamedSharding(mesh, PartitionSpec()),
+               "vector": NamedSharding(mesh, PartitionSpec("d"))}
+  keys = jax.random.split(jax.random.key(1), 4)
   params = jax.device_put(
       {"rows": jax.random.normal(keys[0], (64, 24)),
        "cols": jax.random.normal(keys[1], (12, 64)),
-       "bias": jax.random.normal(keys[2], (24,))}, shardings)
+       "bias": jax.random.normal(keys[2], (24,)),
+       "vector": jax.random.normal(keys[3], (8000,))}, shardings)
 
   def step(params, state):
     updates, state = tx.update(jax.grad(_loss)(params), state, params)
