@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import numbers
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -349,7 +349,7 @@ class _Inner:
     try:
       updates, new_state = self._update(values, grads, state, params)
     except ValueError as error:
-      if params is not None:
+      if params is not None or "param" not in str(error):
         raise
       raise ValueError(
           f"{error} (hyperoptimize gives the optimizer below its params only "
@@ -929,7 +929,10 @@ def set_hyperparameters(opt_state: optax.OptState, values: Mapping[str, Any],
     Optimizer", NeurIPS 2022, https://arxiv.org/abs/1909.13371; upstream
     code: https://github.com/kach/gradient-descent-the-ultimate-optimizer
   """
-  if (isinstance(level, bool) or not isinstance(level, numbers.Integral)
-      or level < 0):
+  try:
+    index = None if isinstance(level, bool) else operator.index(level)
+  except TypeError:
+    index = None
+  if index is None or index < 0:
     raise ValueError(f"level must be an int >= 0, got level={level!r}.")
-  return _replace_stack(opt_state, values, int(level))
+  return _replace_stack(opt_state, values, index)

@@ -243,3 +243,10 @@ def test_stack_is_differentiable_in_its_initial_value(make):
   np.testing.assert_allclose(jax.grad(f)(0.1), expected, rtol=2e-2)
   np.testing.assert_allclose(jax.jvp(f, (0.1,), (1.0,))[1], expected,
                              rtol=2e-2)
+
+
+@pytest.mark.parametrize("level", [0, np.int64(0), jnp.int32(0)])
+def test_set_hyperparameters_takes_integer_levels(level):
+  state = gdtuo.Adam(optimizer=gdtuo.SGD(1e-5)).init(jnp.zeros(3))
+  state = optax_extras.set_hyperparameters(state, {"alpha": 0.05}, level=level)
+  assert float(hyperparameters(state)[0]["alpha"]) == pytest.approx(0.05)

@@ -132,7 +132,11 @@ def test_a_run_that_fails_leaves_no_empty_numbered_folder(tmp_path, monkeypatch,
   assert cli.main(["compare", "--optimizers", "sgd", "--dataset", "mnist",
                    *TINY]) == 2
   assert "needs --data-dir" in capsys.readouterr().err
-  assert os.listdir(tmp_path / "runs" / "compare-mlp-mnist") == []
+  assert not (tmp_path / "runs").exists()  # nor the folders above it
+  (tmp_path / "runs" / "compare-mlp-mnist" / "run-001").mkdir(parents=True)
+  assert cli.main(["compare", "--optimizers", "sgd", "--dataset", "mnist",
+                   *TINY]) == 2
+  assert os.listdir(tmp_path / "runs" / "compare-mlp-mnist") == ["run-001"]
 
 
 @pytest.mark.parametrize("make, reason", [

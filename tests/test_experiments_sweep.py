@@ -171,3 +171,9 @@ def test_numpy_integers_are_integers_to_the_python_entry_points(tmp_path):
   with open(tmp_path / "out" / "summary.json") as f:
     config = json.load(f)["config"]
   assert config["seeds"] == [3, 4] and config["epochs"] == 1
+
+
+@pytest.mark.parametrize("task", ["logreg", "mlp", "cnn"])
+def test_task_config_builds_the_same_task(task):
+  config = studies.Task(task=task).config()
+  assert studies.Task(**config).config() == config

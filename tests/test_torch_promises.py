@@ -471,6 +471,36 @@ def test_value_written_before_a_checkpoint_takes_effect_after_loading(
       straight_opt.param_groups[0]["lr"], rel=1e-6)
 
 
+def test_checkpoint_with_a_learned_rate_gone_negative_loads():
+  # Unbounded hypergradient descent may drive the rate below zero; the
+  # checkpoint of that run must load (the value is the state's own, not one
+  # a user wrote), and resume it.
+  torch.manual_seed(0)
+  first, second = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+  second.load_state_dict(first.state_dict())
+  x, y = torch.randn(16, 4), torch.randn(16, 1)
+  opt = OptaxOptimizer(first.parameters(), optax_extras.sgd_hd, lr=0.1,
+                       hypergrad_lr=10.0)
+  for _ in range(20):
+    opt.zero_grad()
+    ((first(x) - y) ** 2).mean().backward()
+    opt.step()
+    if opt.param_groups[0]["lr"] < 0:
+      break
+  assert opt.param_groups[0]["lr"] < 0
+  buffer = io.BytesIO()
+  torch.save(opt.state_dict(), buffer)
+  buffer.seek(0)
+  resumed = OptaxOptimizer(second.parameters(), optax_extras.sgd_hd, lr=0.1,
+                           hypergrad_lr=10.0)
+  resumed.load_state_dict(torch.load(buffer, weights_only=True))
+  assert resumed.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+  resumed.zero_grad()
+  ((second(x) - y) ** 2).mean().backward()
+  resumed.step()
+  assert all(torch.isfinite(p).all() for p in second.parameters())
+
+
 @pytest.mark.parametrize("name", ["adam", "sgd_momentum"])
 def test_one_cycle_lr_resumes_like_the_uninterrupted_run(name):
   def make(model):

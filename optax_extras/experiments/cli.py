@@ -210,9 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _remove_if_empty(folder: str | None) -> None:
   """Removes the numbered folder a run claimed if it wrote nothing there (it
-  stopped with an error or Ctrl-C before its first optimizer finished)."""
+  stopped with an error or Ctrl-C before its first optimizer finished), and
+  the folders above it that are left empty (``runs/compare-mlp-mnist``)."""
   if folder and os.path.isdir(folder) and not os.listdir(folder):
-    os.rmdir(folder)
+    os.removedirs(folder)
 
 
 def _start(args: argparse.Namespace) -> tuple[str | None, dict]:

@@ -61,8 +61,12 @@ class Task:
             f"one of {', '.join(options_lib.INITS)}")
     for field in ("epochs", "batch_size", "devices", "hidden_layers"):
       require(positive(getattr(self, field)), field, "an integer >= 1")
-    require(self.hidden_size is None or positive(self.hidden_size),
-            "hidden_size", "None (the task's default) or an integer >= 1")
+    # logreg has no hidden layer: its config says hidden_size 0.
+    no_hidden = self.task == "logreg" and _is_integer(self.hidden_size) and (
+        self.hidden_size == 0)
+    require(self.hidden_size is None or positive(self.hidden_size)
+            or no_hidden, "hidden_size",
+            "None (the task's default) or an integer >= 1 (0 for logreg)")
     require(isinstance(self.channels, (tuple, list)) and self.channels
             and all(map(positive, self.channels)), "channels",
             "a non-empty sequence of integers >= 1")

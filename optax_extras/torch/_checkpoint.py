@@ -84,12 +84,16 @@ def _described(value: Any) -> str:
 
 
 def check_group_keys(index: int, saved: dict[str, Any],
-                     group: dict[str, Any], takes: set[str]) -> None:
+                     group: dict[str, Any], takes: set[str],
+                     held: dict[str, Any]) -> None:
   """ValueError for a saved option this group does not know, or a value a
   torch-named option may not have.
 
   Known: the group's own keys, and keys the transformation does not take
   (an LR scheduler's ``initial_lr`` ...), with plain values; never ``tx``.
+  A value equal to the one the saved state holds (``held``) is not checked:
+  the next step does not write it, and a learned rate may have left the
+  range a user may set (a negative learning rate).
   """
   for key, value in saved.items():
     known = key != "tx" and (key in group or key not in takes)
@@ -98,7 +102,8 @@ def check_group_keys(index: int, saved: dict[str, Any],
           f"state_dict['param_groups'][{index}] has the option {key!r} "
           f"({type(value).__name__}), which this optimizer's group does not "
           f"have; known options: {sorted(set(group) - {'params'})}.")
-    if key in _options.TORCH_NAMES:
+    if key in _options.TORCH_NAMES and not (key in held
+                                             and held[key] == value):
       try:
         _options.check_value(key, value)
       except ValueError as error:

@@ -368,12 +368,15 @@ class OptaxOptimizer(torch.optim.Optimizer):
     loaded = []
     for index, (group, record, saved) in enumerate(
         zip(self.param_groups, self._records, saved_groups)):
-      loaded.append(_checkpoint.loaded_cohorts(
+      cohorts = _checkpoint.loaded_cohorts(
           index, state_dict["state"].get(index), record.tx,
-          _convert.to_jax(list(group["params"]))))
+          _convert.to_jax(list(group["params"])))
+      loaded.append(cohorts)
+      held = (self._held_values(record, min(cohorts, key=lambda c: c[0][0])[1])
+              if cohorts else {})
       _checkpoint.check_group_keys(
           index, {k: v for k, v in saved.items() if k != "params"}, group,
-          _options.option_names(self._factory(group)))
+          _options.option_names(self._factory(group)), held)
     for group, record, saved, cohorts in zip(
         self.param_groups, self._records, saved_groups, loaded):
       group.update({k: v for k, v in saved.items() if k != "params"})
@@ -392,11 +395,17 @@ class OptaxOptimizer(torch.optim.Optimizer):
         _group.Cohort(indices, state, _rate.find_rate(state))
         for indices, state in sorted(cohorts, key=lambda c: c[0][0])]
     record.compiled = {}
-    state = record.cohorts[0].state
-    record.synced = {key: _options.injected_value(state, key)
-                     for key in record.injected if key != "lr"}
+    record.synced = self._held_values(record, record.cohorts[0].state)
+
+  @staticmethod
+  def _held_values(record, state) -> dict[str, Any]:
+    """The torch-named values an optax state of the group holds: its
+    injected options and its rate (a learned one included)."""
+    values = {key: _options.injected_value(state, key)
+              for key in record.injected if key != "lr"}
     if record.rate is not None:
-      record.synced["lr"] = record.rate.read(state)
+      values["lr"] = record.rate.read(state)
+    return values
 
   def load_torch_state(self, state_dict: dict[str, Any]) -> None:
     """Starts from the `state_dict` of a torch optimizer over the same
