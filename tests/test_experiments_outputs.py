@@ -177,7 +177,7 @@ def test_interrupt_before_any_optimizer_finished_says_nothing_written(
   assert cli.main(["compare", "--optimizers", "sgd", *TINY]) == 130
   err = capsys.readouterr().err
   assert "nothing written" in err and "complete" not in err
-  assert os.listdir(tmp_path / "runs" / "compare-mlp-digits") == []
+  assert not (tmp_path / "runs").exists()  # the empty folders are removed
 
 
 def test_labels_with_the_same_file_stem_get_distinct_csvs(tmp_path):
